@@ -1,0 +1,246 @@
+"""CurvatureOperator: a scipy LinearOperator over the flattened parameters, backed by torch.
+
+Subclasses implement one method, ``_batch_matmat(batch, Vs)``: the product of ONE batch's
+curvature (of its own batch loss) with k directions. The base class owns everything else:
+parameter layout and blocks, the data loop and the B/N batch weights, device and dtype,
+the numpy <-> torch boundary, input validation, distributed reduction and finiteness checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+
+from curvops.operators import checks
+from curvops.operators.data import Batch, DataLoop, batch_weight
+from curvops.operators.losses import loss_reduction
+from curvops.operators.params import Blocks, build_layout, flatten, unflatten
+
+DEFAULT_MAX_DENSE = 20_000
+
+
+class CurvatureOperator(LinearOperator):
+    """Curvature of ``loss_fn(model(X), y)`` over all of ``data``, as a (P, P) LinearOperator.
+
+    Args:
+        model: any ``nn.Module``; the operator follows its parameters' current values.
+        loss_fn: the loss, reduction "mean" or "sum" (a plain callable counts as "mean").
+        data: a re-iterable of ``(X, y)`` batches (list, DataLoader); sizes may differ.
+        params: the parameters to differentiate (default: all with ``requires_grad``).
+        blocks: None (full matrix), "layer" (one block per module owning parameters) or a
+            list of parameter lists; with blocks the operator is block-diagonal.
+        num_data: N, the number of data points; counted in one pass if not given.
+        batch_size_fn: B of a batch whose X is not a tensor (e.g. a dict of tensors).
+        progress: a tqdm bar over the batches of every product.
+        check_deterministic: evaluate the loss and a product twice and refuse a random model.
+        process_group: None, or a ``torch.distributed`` group whose ranks each hold a shard of
+            the data; products and N are summed over the ranks.
+
+    ``op @ v`` and ``op.matmat(V)`` take numpy (P,) / (P, k); ``op.torch_matmat(M)`` takes a
+    torch tensor on ``op.device`` and returns one there, without host copies.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        data: Iterable,
+        *,
+        params: Iterable[torch.Tensor] | None = None,
+        blocks: Blocks = None,
+        num_data: int | None = None,
+        batch_size_fn: Callable[[Any], int] | None = None,
+        progress: bool = False,
+        check_deterministic: bool = False,
+        process_group: Any = None,
+    ) -> None:
+        checks.check_module_modes(model)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.reduction = loss_reduction(loss_fn)
+        self.layout = build_layout(model, params, blocks)
+        checks.check_params_finite(self.layout.params, self.layout.names)
+        first = self.layout.params[0]
+        self.device, self.torch_dtype = first.device, first.dtype
+        self.process_group = process_group
+        self._loop = DataLoop(
+            data, self.device, self.torch_dtype, batch_size_fn, progress, process_group is not None
+        )
+        self.num_data = self._count_data(num_data)
+        size = self.layout.num_params
+        super().__init__(
+            dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(size, size)
+        )
+        if check_deterministic:
+            self._check_deterministic()
+
+    # ---------------------------------------------------------------- public attributes
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters, in flat-vector order."""
+        return list(self.layout.params)
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.layout.names)
+
+    @property
+    def block_slices(self) -> list[slice]:
+        """One slice of the flat vector per block (a single slice without blocks)."""
+        return self.layout.block_slices
+
+    @property
+    def block_names(self) -> list[str]:
+        return list(self.layout.block_names)
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Parameter-shaped tensors -> flat vector (P,)."""
+        return flatten(tensors)
+
+    def unflatten(self, vec) -> list[torch.Tensor]:
+        """Flat vector (P,) (numpy or torch) -> tensors shaped like ``op.params``."""
+        vec = torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)
+        self._check_length(vec.shape[0] if vec.ndim else -1)
+        return unflatten(vec.to(device=self.device, dtype=self.torch_dtype), self.layout)
+
+    # ---------------------------------------------------------------- torch fast path
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """A @ M for M (P,) or (P, k) on ``op.device``; one pass over the data for all k."""
+        M = self._check_torch_input(M)
+        squeeze = M.ndim == 1
+        M = M.unsqueeze(1) if squeeze else M
+        Vs = [
+            M[s].T.reshape(M.shape[1], *p.shape)
+            for s, p in zip(self.layout.slices, self.layout.params)
+        ]
+        out = [torch.zeros_like(v) for v in Vs]
+        for batch in self._loop:
+            w = batch_weight(self.reduction, batch.size, self.num_data)
+            for acc, part in zip(out, self._batch_matmat(batch, Vs)):
+                acc.add_(part.detach(), alpha=w)
+        result = torch.cat([o.reshape(M.shape[1], -1) for o in out], dim=1).T
+        result = self._all_reduce(result.contiguous())
+        checks.check_finite(result, f"product of {type(self).__name__}")
+        return result.squeeze(1) if squeeze else result
+
+    def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One batch's curvature (of its own batch loss) times Vs; Vs[i]: (k, *params[i].shape)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _batch_matmat")
+
+    def to_dense(self, max_size: int = DEFAULT_MAX_DENSE) -> torch.Tensor:
+        """The (P, P) matrix, column block by column block; refuses P > ``max_size``."""
+        P = self.shape[0]
+        if max_size < P:
+            raise ValueError(
+                f"to_dense() would build a {P} x {P} matrix ({P * P * self.dtype.itemsize / 2**30:.1f}"
+                f" GiB); it is meant for small models (P <= {max_size}). Use matmat / eigsh instead,"
+                " or pass max_size= to override"
+            )
+        chunk = max(1, min(P, 2**24 // P))
+        eye = torch.eye(P, device=self.device, dtype=self.torch_dtype)
+        return torch.cat(
+            [self.torch_matmat(eye[:, i : i + chunk]) for i in range(0, P, chunk)], dim=1
+        )
+
+    # ---------------------------------------------------------------- scipy interface
+    def matvec(self, x):
+        self._check_numpy(x)
+        return super().matvec(x)
+
+    def matmat(self, X):
+        self._check_numpy(X)
+        return super().matmat(X)
+
+    def rmatvec(self, x):
+        return self.matvec(x)  # symmetric
+
+    def rmatmat(self, X):
+        return self.matmat(X)
+
+    def _matvec(self, x):
+        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _matmat(self, X):
+        M = torch.as_tensor(np.ascontiguousarray(X, dtype=self.dtype), device=self.device)
+        return self.torch_matmat(M).cpu().numpy()
+
+    def _rmatvec(self, x):
+        return self._matvec(x)
+
+    def _adjoint(self):
+        return self
+
+    def _transpose(self):
+        return self
+
+    # ---------------------------------------------------------------- helpers
+    def _forward(self, X):
+        return self.model(X)
+
+    def _batch_loss(self, batch: Batch) -> torch.Tensor:
+        return self.loss_fn(self._forward(batch.X), batch.y)
+
+    def _count_data(self, num_data: int | None) -> int:
+        if num_data is None:
+            local = self._loop.count()
+            num_data = int(self._all_reduce(torch.tensor(float(local), device=self.device)))
+        if num_data <= 0:
+            raise ValueError(f"num_data must be positive, got {num_data}: is the data empty?")
+        return int(num_data)
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.process_group is not None:
+            torch.distributed.all_reduce(t, group=self.process_group)
+        return t
+
+    def _check_length(self, n: int) -> None:
+        P = self.layout.num_params
+        if n != P:
+            raise ValueError(
+                f"expected a vector of length P={P} (the number of entries in op.params), got "
+                f"{n}; build one with op.flatten(list_of_parameter_shaped_tensors)"
+            )
+
+    def _check_numpy(self, x) -> None:
+        x = np.asarray(x)
+        if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"expected a real floating-point array, got dtype {x.dtype}")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {x.shape}")
+        self._check_length(x.shape[0])
+
+    def _check_torch_input(self, M: torch.Tensor) -> torch.Tensor:
+        if not isinstance(M, torch.Tensor):
+            raise TypeError(f"torch_matmat expects a torch.Tensor, got {type(M).__name__}")
+        if M.is_complex() or not M.is_floating_point():
+            raise TypeError(f"expected a real floating-point tensor, got {M.dtype}")
+        if M.ndim not in (1, 2):
+            raise ValueError(
+                f"expected a vector (P,) or a matrix (P, k), got shape {tuple(M.shape)}"
+            )
+        self._check_length(M.shape[0])
+        return M.to(device=self.device, dtype=self.torch_dtype)
+
+    def _check_deterministic(self) -> None:
+        with torch.no_grad():
+            for batch in self._loop:
+                checks.assert_deterministic(
+                    self._batch_loss(batch), self._batch_loss(batch), f"loss on batch {batch.index}"
+                )
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(self.shape[0], generator=gen, dtype=self.torch_dtype).to(self.device)
+        checks.assert_deterministic(
+            self.torch_matmat(v), self.torch_matmat(v), "matrix-vector product"
+        )
+
+    def __repr__(self) -> str:
+        blocks = f", blocks={len(self.layout.blocks)}" if len(self.layout.blocks) > 1 else ""
+        return (
+            f"{type(self).__name__}(P={self.shape[0]}, N={self.num_data}, "
+            f"dtype={self.dtype}, device={self.device}{blocks})"
+        )
