@@ -1,0 +1,73 @@
+"""Adapter from any LinearOperator to a torch matmat: the algorithms' single entry point.
+
+Our operators expose ``torch_matmat`` (no host copy); any other
+``scipy.sparse.linalg.LinearOperator`` is wrapped through its numpy ``matmat``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+
+@dataclass
+class TorchMatmat:
+    """A symmetric operator as a torch function ``M (P, k) -> A @ M (P, k)``.
+
+    Attributes: ``fn`` the product, ``size`` P, ``device``, ``dtype`` (torch),
+    ``n_matvecs`` the number of columns multiplied so far.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    size: int
+    device: torch.device
+    dtype: torch.dtype
+    n_matvecs: int = 0
+
+    def __call__(self, M: torch.Tensor) -> torch.Tensor:
+        squeeze = M.ndim == 1
+        if squeeze:
+            M = M.unsqueeze(1)
+        self.n_matvecs += M.shape[1]
+        out = self.fn(M)
+        return out.squeeze(1) if squeeze else out
+
+
+def as_linear_operator(op) -> LinearOperator:
+    """Accept a LinearOperator, a numpy array or a torch tensor; return a LinearOperator."""
+    if isinstance(op, torch.Tensor):
+        op = op.detach().cpu().numpy()
+    if not isinstance(op, LinearOperator):
+        op = aslinearoperator(op)
+    if op.shape[0] != op.shape[1]:
+        raise ValueError(f"expected a square operator, got shape {op.shape}")
+    return op
+
+
+def torch_matmat(op) -> TorchMatmat:
+    """Wrap ``op`` as a counting torch matmat on its own device.
+
+    Uses ``op.torch_matmat`` when present (curvops operators, or any object with that
+    method and ``device`` / ``dtype`` attributes); otherwise multiplies on the host
+    through ``op.matmat`` in float64 (float32 if ``op.dtype`` is float32).
+    """
+    if hasattr(op, "torch_matmat") and hasattr(op, "device"):
+        dtype = op.torch_dtype if hasattr(op, "torch_dtype") else _torch_dtype(op.dtype)
+        return TorchMatmat(op.torch_matmat, op.shape[0], torch.device(op.device), dtype)
+    lin = as_linear_operator(op)
+    dtype = torch.float32 if np.dtype(lin.dtype) == np.float32 else torch.float64
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+
+    def host_matmat(M: torch.Tensor) -> torch.Tensor:
+        out = lin.matmat(M.detach().cpu().numpy().astype(np_dtype, copy=False))
+        return torch.as_tensor(np.asarray(out), dtype=dtype, device=M.device)
+
+    return TorchMatmat(host_matmat, lin.shape[0], torch.device("cpu"), dtype)
+
+
+def _torch_dtype(np_dtype) -> torch.dtype:
+    return torch.float32 if np.dtype(np_dtype) == np.float32 else torch.float64
