@@ -40,6 +40,8 @@ class CurvatureOperator(LinearOperator):
         check_deterministic: evaluate the loss and a product twice and refuse a random model.
         process_group: None, or a ``torch.distributed`` group whose ranks each hold a shard of
             the data; products and N are summed over the ranks.
+        reduction: override the loss's reduction ("mean": a batch of B weighs B / N; "sum":
+            weight 1); needed only for a plain callable that sums (callables count as "mean").
 
     ``op @ v`` and ``op.matmat(V)`` take numpy (P,) / (P, k); ``op.torch_matmat(M)`` takes a
     torch tensor on ``op.device`` and returns one there, without host copies.
@@ -58,11 +60,12 @@ class CurvatureOperator(LinearOperator):
         progress: bool = False,
         check_deterministic: bool = False,
         process_group: Any = None,
+        reduction: str | None = None,
     ) -> None:
         checks.check_module_modes(model)
         self.model = model
         self.loss_fn = loss_fn
-        self.reduction = loss_reduction(loss_fn)
+        self.reduction = loss_reduction(loss_fn, reduction)
         self.layout = build_layout(model, params, blocks)
         checks.check_params_finite(self.layout.params, self.layout.names)
         first = self.layout.params[0]
