@@ -43,11 +43,12 @@ def load_digits_data(
     X, y = X[perm].to(device), y[perm].to(device)
     if images:
         X = X.reshape(-1, 1, 8, 8)
-    split = (
-        lambda X, y: [  # noqa: E731
+
+    def split(X, y):
+        return [
             (X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)
         ]
-    )
+
     return DigitsData(split(X[:num_train], y[:num_train]), split(X[num_train:], y[num_train:]))
 
 
