@@ -42,3 +42,10 @@ def test_mc_fisher_with_sequence_outputs_converges():
     model, loss_fn, data = make_problem("sequence", "ce")
     G = dense_ggn(model, loss_fn, data)
     assert _rel_error(model, loss_fn, data, 1024, 0, G) < 0.06
+
+
+def test_mc_fisher_does_not_depend_on_batch_order():
+    model, loss_fn, data = make_problem("mlp_tanh", "ce")
+    a = curvops.GGNOperator(model, loss_fn, data, mode="mc", seed=1).to_dense()
+    b = curvops.GGNOperator(model, loss_fn, data[::-1], mode="mc", seed=1).to_dense()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

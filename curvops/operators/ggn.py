@@ -15,6 +15,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 from curvops.operators.base import CurvatureOperator
 from curvops.operators.data import Batch
 from curvops.operators.losses import output_loss
+from curvops.operators.sampling import sample_generator
 
 GGN_MODES = ("exact", "mc", "empirical")
 
@@ -27,8 +28,8 @@ class GGNOperator(CurvatureOperator):
             model's predictive distribution) or "empirical" (per-example gradient outer
             products with the true labels).
         mc_samples: labels drawn per data point in "mc" mode (variance ∝ 1 / mc_samples).
-        seed: the MC labels of batch i come from seed and i, so every product sees the
-            same matrix.
+        seed: the MC labels of a batch come from the seed and the batch's content, so every
+            product sees the same matrix, whatever the batch order or the rank holding it.
     ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss or nn.BCEWithLogitsLoss (mean or
     sum); other keyword arguments: see ``CurvatureOperator``.
     """
@@ -84,7 +85,7 @@ class GGNOperator(CurvatureOperator):
         if self.mode == "exact":
             return loss.hessian_matmat(f, batch.y, U)
         if self.mode == "mc":
-            gen = torch.Generator(device=f.device).manual_seed(self.seed * 1_000_003 + batch.index)
+            gen = sample_generator(self.seed, batch, f.device)
             g = loss.sampled_grads(f, batch.y, self.mc_samples, gen) / self.mc_samples**0.5
         else:
             g = loss.true_grads(f, batch.y).unsqueeze(0)  # (1, B, ...)
