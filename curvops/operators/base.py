@@ -16,6 +16,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
+from curvops.distributed import all_reduce_sum
 from curvops.operators import checks
 from curvops.operators.data import Batch, DataLoop, batch_weight
 from curvops.operators.losses import loss_reduction
@@ -197,9 +198,7 @@ class CurvatureOperator(LinearOperator):
         return int(num_data)
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.process_group is not None:
-            torch.distributed.all_reduce(t, group=self.process_group)
-        return t
+        return all_reduce_sum(t, self.process_group)
 
     def _check_length(self, n: int) -> None:
         P = self.layout.num_params
