@@ -23,3 +23,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+try:  # Hypothesis budgets: "dev" locally, "ci" when CI=true (kept inside the make test limit)
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+    settings.register_profile("dev", max_examples=20, **_common)
+    settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_common)
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+except ImportError:  # pragma: no cover - dev extra
+    pass
