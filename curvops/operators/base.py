@@ -48,6 +48,8 @@ class CurvatureOperator(LinearOperator):
     torch tensor on ``op.device`` and returns one there, without host copies.
     """
 
+    is_psd = False  # positive semi-definite by construction (GGN, Fisher, KFAC, EKFAC)
+
     def __init__(
         self,
         model: nn.Module,
@@ -131,6 +133,22 @@ class CurvatureOperator(LinearOperator):
         result = self._all_reduce(result.contiguous())
         checks.check_finite(result, f"product of {type(self).__name__}")
         return result.squeeze(1) if squeeze else result
+
+    def gradient(self) -> torch.Tensor:
+        """∇_θ L (P,), the whole-data loss gradient with the same batch weights as the products."""
+        total = [torch.zeros_like(p) for p in self.layout.params]
+        for batch in self._loop:
+            w = batch_weight(self.reduction, batch.size, self.num_data)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(
+                    self._batch_loss(batch), self.layout.params, allow_unused=True
+                )
+            for acc, g in zip(total, grads):
+                if g is not None:
+                    acc.add_(g, alpha=w)
+        result = self._all_reduce(flatten(total))
+        checks.check_finite(result, "loss gradient")
+        return result
 
     def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
         """One batch's curvature (of its own batch loss) times Vs; Vs[i]: (k, *params[i].shape)."""

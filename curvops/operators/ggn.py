@@ -34,6 +34,8 @@ class GGNOperator(CurvatureOperator):
     sum); other keyword arguments: see ``CurvatureOperator``.
     """
 
+    is_psd = True
+
     def __init__(
         self,
         model,
