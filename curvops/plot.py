@@ -1,0 +1,129 @@
+"""matplotlib figures: spectrum, spectral density, per-layer bars, comparison (extra "plot")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'curvops[plot]'") from err
+    return plt
+
+
+def _finish(fig, path):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        _plt().close(fig)
+    return fig
+
+
+def _axes(ax, size=(6, 4)):
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = _plt().subplots(figsize=size)
+    return fig, ax
+
+
+def plot_spectrum(spectra, ax=None, path=None, title="Top eigenvalues"):
+    """Eigenvalue index vs value; ``spectra``: an array, an EigenResult, or a dict name -> either."""
+    fig, ax = _axes(ax)
+    items = spectra.items() if isinstance(spectra, Mapping) else [("", spectra)]
+    for (name, values), marker in zip(items, "osD^vx*"):
+        values = np.asarray(getattr(values, "eigenvalues", values))
+        ax.plot(np.arange(1, len(values) + 1), values, marker=marker, ls="-", label=name or None)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set(xlabel="index i", ylabel="eigenvalue λ_i", title=title)
+    if isinstance(spectra, Mapping):
+        ax.legend()
+    return _finish(fig, path)
+
+
+def plot_density(density, ax=None, path=None, log=False, title="Spectral density (SLQ)"):
+    """The density ρ(λ) on its grid; ``log=True`` for a log-scaled density axis."""
+    fig, ax = _axes(ax)
+    grid, rho = np.asarray(density.grid), np.asarray(density.density)
+    ax.plot(grid, rho, color="C0")
+    ax.fill_between(grid, rho, alpha=0.25, color="C0")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(rho[rho > 0].min(), rho.max() * 1e-8) if (rho > 0).any() else 1e-12)
+    ax.set(xlabel="eigenvalue λ", ylabel="density" + (" (log)" if log else ""), title=title)
+    return _finish(fig, path)
+
+
+def plot_layers(
+    names: Sequence[str],
+    values: Sequence[float],
+    ax=None,
+    path=None,
+    title="Per-layer top eigenvalue",
+    ylabel="λ_max of the layer block",
+):
+    """Bars per layer; non-finite values are drawn as hatched empty bars, labelled."""
+    fig, ax = _axes(ax, size=(max(6, 0.6 * len(names)), 4))
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    x = np.arange(len(names))
+    ax.bar(x[finite], values[finite], color="C1")
+    for i in x[~finite]:
+        ax.bar(i, 0, hatch="//", edgecolor="C3", fill=False)
+        ax.annotate("n/a", (i, 0), ha="center", va="bottom", color="C3")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    return _finish(fig, path)
+
+
+def plot_comparison(comparison, path=None):
+    """Three panels: spectra overlaid, per-block relative errors, principal-angle cosines."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    spectra = {comparison.exact_name: comparison.exact_eigenvalues}
+    spectra.update({a.name: a.eigenvalues for a in comparison.approximations})
+    plot_spectrum(spectra, ax=axes[0], title=f"Top-{comparison.k} eigenvalues")
+    axes[0].set_yscale("symlog", linthresh=1e-6)
+    _block_errors(comparison, axes[1])
+    for a in comparison.approximations:
+        axes[2].plot(
+            np.arange(1, len(a.cosines) + 1),
+            a.cosines,
+            marker="o",
+            label=f"{a.name} (overlap {a.overlap:.2f})",
+        )
+    axes[2].set(
+        xlabel="principal angle index",
+        ylabel="cos θ_i",
+        ylim=(-0.02, 1.02),
+        title="Top-k eigenspace overlap",
+    )
+    axes[2].legend()
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _block_errors(comparison, ax):
+    reports = comparison.approximations
+    blocks = list(reports[0].block_errors) if reports and reports[0].block_errors else []
+    if not blocks:
+        names = [a.name for a in reports]
+        ax.bar(names, [a.frobenius_error for a in reports], color="C2")
+        ax.set(ylabel="‖A − B‖_F / ‖A‖_F", title="Relative Frobenius error")
+        return
+    width = 0.8 / len(reports)
+    x = np.arange(len(blocks))
+    for i, a in enumerate(reports):
+        ax.bar(
+            x + i * width,
+            [a.block_errors[b] for b in blocks],
+            width,
+            label=f"{a.name} (all: {a.frobenius_error:.2f})",
+        )
+    ax.set_xticks(x + 0.4 - width / 2, blocks, rotation=45, ha="right")
+    ax.set(ylabel="‖A_bb − B_bb‖_F / ‖A_bb‖_F", title="Relative error per block")
+    ax.legend()
