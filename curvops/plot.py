@@ -38,11 +38,26 @@ def plot_spectrum(spectra, ax=None, path=None, title="Top eigenvalues"):
     for (name, values), marker in zip(items, "osD^vx*"):
         values = np.asarray(getattr(values, "eigenvalues", values))
         ax.plot(np.arange(1, len(values) + 1), values, marker=marker, ls="-", label=name or None)
-    ax.axhline(0, color="0.6", lw=0.8)
+    _scale_for(ax, [np.asarray(getattr(v, "eigenvalues", v)) for _, v in items])
+    ax.xaxis.set_major_locator(_plt().MaxNLocator(integer=True))
     ax.set(xlabel="index i", ylabel="eigenvalue λ_i", title=title)
     if isinstance(spectra, Mapping):
         ax.legend()
     return _finish(fig, path)
+
+
+def _scale_for(ax, arrays) -> None:
+    """Log scale for positive spectra spanning decades, symlog when signs mix, else linear."""
+    values = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
+    if values.size == 0:
+        return
+    top = np.abs(values).max()
+    if (values < 0).any():
+        ax.axhline(0, color="0.6", lw=0.8)
+        if top > 100 * max(np.abs(values[values != 0]).min(initial=top), 1e-300):
+            ax.set_yscale("symlog", linthresh=top * 1e-3)
+    elif values.min() > 0 and top / values.min() > 100:
+        ax.set_yscale("log")
 
 
 def plot_density(density, ax=None, path=None, log=False, title="Spectral density (SLQ)"):
@@ -87,7 +102,6 @@ def plot_comparison(comparison, path=None):
     spectra = {comparison.exact_name: comparison.exact_eigenvalues}
     spectra.update({a.name: a.eigenvalues for a in comparison.approximations})
     plot_spectrum(spectra, ax=axes[0], title=f"Top-{comparison.k} eigenvalues")
-    axes[0].set_yscale("symlog", linthresh=1e-6)
     _block_errors(comparison, axes[1])
     for a in comparison.approximations:
         axes[2].plot(
@@ -102,6 +116,7 @@ def plot_comparison(comparison, path=None):
         ylim=(-0.02, 1.02),
         title="Top-k eigenspace overlap",
     )
+    axes[2].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     axes[2].legend()
     fig.tight_layout()
     return _finish(fig, path)
@@ -126,4 +141,5 @@ def _block_errors(comparison, ax):
         )
     ax.set_xticks(x + 0.4 - width / 2, blocks, rotation=45, ha="right")
     ax.set(ylabel="‖A_bb − B_bb‖_F / ‖A_bb‖_F", title="Relative error per block")
-    ax.legend()
+    ax.set_ylim(top=1.3 * max(max(a.block_errors.values()) for a in reports))
+    ax.legend(loc="upper left")
