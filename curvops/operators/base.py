@@ -9,12 +9,14 @@ the numpy <-> torch boundary, input validation, distributed reduction and finite
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvops.distributed import all_reduce_sum
 from curvops.operators import checks
@@ -41,6 +43,9 @@ class CurvatureOperator(LinearOperator):
         check_deterministic: evaluate the loss and a product twice and refuse a random model.
         process_group: None, or a ``torch.distributed`` group whose ranks each hold a shard of
             the data; products and N are summed over the ranks.
+        math_attention: run scaled-dot-product attention with its math kernel during the
+            products (the fused CPU/GPU kernels have no second derivative); the model itself
+            is not changed.
         reduction: override the loss's reduction ("mean": a batch of B weighs B / N; "sum":
             weight 1); needed only for a plain callable that sums (callables count as "mean").
 
@@ -64,6 +69,7 @@ class CurvatureOperator(LinearOperator):
         check_deterministic: bool = False,
         process_group: Any = None,
         reduction: str | None = None,
+        math_attention: bool = True,
     ) -> None:
         checks.check_module_modes(model)
         self.model = model
@@ -74,6 +80,7 @@ class CurvatureOperator(LinearOperator):
         first = self.layout.params[0]
         self.device, self.torch_dtype = first.device, first.dtype
         self.process_group = process_group
+        self.math_attention = math_attention
         self._loop = DataLoop(
             data, self.device, self.torch_dtype, batch_size_fn, progress, process_group is not None
         )
@@ -127,7 +134,9 @@ class CurvatureOperator(LinearOperator):
         out = [torch.zeros_like(v) for v in Vs]
         for batch in self._loop:
             w = batch_weight(self.reduction, batch.size, self.num_data)
-            for acc, part in zip(out, self._batch_matmat(batch, Vs)):
+            with self._forward_context():
+                parts = self._batch_matmat(batch, Vs)
+            for acc, part in zip(out, parts):
                 acc.add_(part.detach(), alpha=w)
         result = torch.cat([o.reshape(M.shape[1], -1) for o in out], dim=1).T
         result = self._all_reduce(result.contiguous())
@@ -139,7 +148,7 @@ class CurvatureOperator(LinearOperator):
         total = [torch.zeros_like(p) for p in self.layout.params]
         for batch in self._loop:
             w = batch_weight(self.reduction, batch.size, self.num_data)
-            with torch.enable_grad():
+            with torch.enable_grad(), self._forward_context():
                 grads = torch.autograd.grad(
                     self._batch_loss(batch), self.layout.params, allow_unused=True
                 )
@@ -204,6 +213,10 @@ class CurvatureOperator(LinearOperator):
     def _forward(self, X):
         return self.model(X)
 
+    def _forward_context(self):
+        """Context for every forward pass whose graph is differentiated twice."""
+        return sdpa_kernel(SDPBackend.MATH) if self.math_attention else nullcontext()
+
     def _batch_loss(self, batch: Batch) -> torch.Tensor:
         return self.loss_fn(self._forward(batch.X), batch.y)
 
@@ -247,7 +260,7 @@ class CurvatureOperator(LinearOperator):
         return M.to(device=self.device, dtype=self.torch_dtype)
 
     def _check_deterministic(self) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), self._forward_context():
             for batch in self._loop:
                 checks.assert_deterministic(
                     self._batch_loss(batch), self._batch_loss(batch), f"loss on batch {batch.index}"
