@@ -49,10 +49,12 @@ def test_batch_that_is_not_a_pair(problem):
         curvops.HessianOperator(model, loss_fn, [data[0][0]])
 
 
-def test_dict_input_needs_batch_size_fn():
+def test_ambiguous_dict_input_needs_batch_size_fn():
     model, loss_fn, data = make_problem("dict_input", "mse")
+    curvops.HessianOperator(model, loss_fn, data)  # one shared leading size: understood
+    bad = [({"a": X["a"], "b": X["b"][:1]}, y) for X, y in data]
     with pytest.raises(TypeError, match="batch_size_fn"):
-        curvops.HessianOperator(model, loss_fn, data)
+        curvops.HessianOperator(model, loss_fn, bad)
 
 
 @pytest.mark.parametrize("cls", [curvops.HessianOperator, curvops.GGNOperator])

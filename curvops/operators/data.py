@@ -28,7 +28,8 @@ class Batch:
 class DataLoop:
     """Re-iterates ``data`` (pairs ``(X, y)``), moving batches to ``device``.
 
-    ``X`` may be a tensor (B = X.shape[0]) or a mapping (then ``batch_size_fn(X)`` gives B).
+    ``X`` may be a tensor (B = X.shape[0]) or a mapping (B = the leading size its tensors
+    share, or ``batch_size_fn(X)``).
     Floating-point tensors are cast to ``dtype``, so a float32 data set feeds a float64 model.
     """
 
@@ -77,8 +78,13 @@ class DataLoop:
             if X.ndim == 0:
                 raise ValueError("a batch X is a scalar tensor: X needs a leading batch axis")
             return X.shape[0]
+        if isinstance(X, Mapping):
+            sizes = {v.shape[0] for v in X.values() if isinstance(v, torch.Tensor) and v.ndim}
+            if len(sizes) == 1:
+                return sizes.pop()
         raise TypeError(
-            f"cannot tell the batch size of an X of type {type(X).__name__}: pass "
+            f"cannot tell the batch size of an X of type {type(X).__name__} (a mapping is "
+            "understood when all its tensors share their leading size): pass "
             "batch_size_fn=lambda X: ... to the operator"
         )
 
