@@ -1,6 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
 PYTHON ?= python3
 VENV := .venv
+export NO_MKDOCS_2_WARNING := 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
