@@ -10,14 +10,18 @@ Per batch, with J = ∂f/∂θ (f the model output) and L the batch loss:
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, jvp, vmap
 
+from curvops.operators._columns import ColumnPlan, contiguous_columns, device_of, now
+from curvops.operators._graph_cache import GraphCache
+from curvops.operators._output_graph import OutputGraph
 from curvops.operators.base import CurvatureOperator
 from curvops.operators.data import Batch
 from curvops.operators.losses import output_loss
 from curvops.operators.sampling import sample_generator
 
 GGN_MODES = ("exact", "mc", "empirical")
+JVP_METHODS = ("auto", "forward", "reverse")
 
 
 class GGNOperator(CurvatureOperator):
@@ -45,6 +49,9 @@ class GGNOperator(CurvatureOperator):
         mode: str = "exact",
         mc_samples: int = 1,
         seed: int = 0,
+        jvp: str = "auto",
+        chunk_size: int | None = None,
+        graph_cache_mib: float = 1024.0,
         **kwargs,
     ) -> None:
         if mode not in GGN_MODES:
@@ -52,34 +59,100 @@ class GGNOperator(CurvatureOperator):
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         self.output_loss = output_loss(loss_fn)
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        if jvp not in JVP_METHODS:
+            raise ValueError(f"jvp must be one of {JVP_METHODS}, got {jvp!r}")
         self.mode, self.mc_samples, self.seed = mode, mc_samples, seed
+        self.jvp = jvp
+        self._reverse_jvp: bool | None = None
+        self._cache = GraphCache(model, graph_cache_mib)
+        self._plan = ColumnPlan(device_of(model), model, chunk_size)
+        self._columns: list = []
         super().__init__(model, loss_fn, data, **kwargs)
 
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        if M.ndim == 2:
+            M = self._check_torch_input(M)
+            return self._plan.matmat(self._product, M, self._cache)
+        return self._product(M)
+
+    def _product(self, M: torch.Tensor) -> torch.Tensor:
+        self._cache.begin_pass()
+        try:
+            return super().torch_matmat(M)
+        finally:
+            self._cache.end_pass()
+            self._columns.clear()
+
     def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        Vs = contiguous_columns(self._columns, Vs)
+        with torch.enable_grad():
+            graph = self._graph(batch)
         out: list[torch.Tensor | None] = [None] * len(Vs)
         for block in self.layout.blocks:
-            for i, r in zip(block, self._block_matmat(batch, block, [Vs[i] for i in block])):
+            vs = [Vs[i] for i in block]
+            JV = self._jacobian_matmat(graph, batch, block, vs)  # (k, *f.shape)
+            HJV = self._output_matmat(graph.f.detach(), batch, JV)
+            for i, r in zip(block, self._pullback(graph, block, HJV)):
                 out[i] = r
         return out
 
-    def _block_matmat(self, batch: Batch, block, vs) -> tuple[torch.Tensor, ...]:
+    # ---------------------------------------------------------------- the output graph
+    def _graph(self, batch: Batch) -> OutputGraph:
+        """The batch's output with its graph: cached between products while valid."""
+        graph = self._cache.get(batch)
+        if graph is not None:
+            return graph
+        if self._cache.enabled and self._reverse_jvp is None:
+            self._reverse_jvp = self._choose_jvp(batch)
+        reverse = self._cache.enabled and bool(self._reverse_jvp)
+        params = self.layout.params
+        return self._cache.build(batch, lambda: self._build_graph(batch, reverse), params)
+
+    def _build_graph(self, batch: Batch, reverse: bool) -> OutputGraph:
+        f = self._forward(batch.X)
+        if not isinstance(f, torch.Tensor):
+            raise TypeError(
+                f"the model returned a {type(f).__name__}; GGN/Fisher need a tensor "
+                "output: wrap the model so that forward returns the logits"
+            )
+        self.output_loss.check_targets(f, batch.y)
+        return OutputGraph.build(f, self.layout.params, reverse)
+
+    def _choose_jvp(self, batch: Batch) -> bool:
+        """Time J v both ways on one batch: reverse (cached graph) or forward mode."""
+        if self.jvp != "auto":
+            return self.jvp == "reverse"
+        graph = self._build_graph(batch, reverse=True)
+        block = self.layout.blocks[0]
+        vs = [torch.randn_like(self.layout.params[i]).unsqueeze(0) for i in block]
+        seconds = {}
+        for reverse in (True, False):
+            start = now(self.device)
+            graph.reverse = reverse
+            self._jacobian_matmat(graph, batch, block, vs)
+            seconds[reverse] = now(self.device) - start
+        return seconds[True] < seconds[False]
+
+    # ---------------------------------------------------------------- J V and Jᵀ U
+    def _jacobian_matmat(self, graph: OutputGraph, batch: Batch, block, vs) -> torch.Tensor:
+        if graph.reverse:
+            return graph.jacobian_matmat(block, vs, self._step(vs[0].shape[0]))
         names = [self.layout.names[i] for i in block]
         primals = tuple(self.layout.params[i].detach() for i in block)
 
         def output_of(*ps):
-            out = functional_call(self.model, dict(zip(names, ps)), (batch.X,))
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"the model returned a {type(out).__name__}; GGN/Fisher need a tensor "
-                    "output: wrap the model so that forward returns the logits"
-                )
-            return out
+            return functional_call(self.model, dict(zip(names, ps)), (batch.X,))
 
-        f, pullback = vjp(output_of, *primals)
-        self.output_loss.check_targets(f, batch.y)
-        JV = vmap(lambda *v: jvp(output_of, primals, v)[1])(*vs)  # (k, *f.shape)
-        HJV = self._output_matmat(f.detach(), batch, JV)
-        return vmap(pullback)(HJV)
+        return vmap(lambda *v: jvp(output_of, primals, v)[1])(*vs)
+
+    def _pullback(self, graph: OutputGraph, block, U: torch.Tensor) -> list[torch.Tensor]:
+        ps = [self.layout.params[i] for i in block]
+        return graph.transpose_matmat(ps, U, self._step(U.shape[0]))
+
+    def _step(self, k: int) -> int:
+        return self._plan.step(k)
 
     def _output_matmat(self, f: torch.Tensor, batch: Batch, U: torch.Tensor) -> torch.Tensor:
         """The output-space curvature of the batch loss times U (k, B, ...)."""

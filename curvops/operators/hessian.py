@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
+from curvops.operators._columns import ColumnPlan, batched_grad, contiguous_columns, device_of
+from curvops.operators._graph_cache import GraphCache
 from curvops.operators.base import CurvatureOperator
 from curvops.operators.data import Batch
 
@@ -16,10 +16,16 @@ HVP_METHODS = ("double_backward", "forward_over_reverse")
 class HessianOperator(CurvatureOperator):
     """The Hessian of the whole-data loss, H = ∇²_θ L (P, P); any differentiable loss.
 
-    ``hvp``: "double_backward" (one forward + backward with graph per batch, then one
-    batched second backward for all k columns; the default, cheapest on MLPs and
-    transformers) or "forward_over_reverse" (``torch.func.jvp`` of ``grad``, vmapped over
-    the columns). ``chunk_size`` caps the columns multiplied at once (memory).
+    ``hvp``: "double_backward" (the default: one forward + backward with graph per batch,
+    then a second backward per column; measured cheapest on every reference problem) or
+    "forward_over_reverse" (``torch.func.jvp`` of ``grad``, vmapped over the columns).
+    ``chunk_size``: columns multiplied in one batched pass; None chooses by model and timing
+    (see ``curvops.operators._columns.ColumnPlan``).
+    ``graph_cache_mib``: double backward keeps each batch's gradient graph between products,
+    up to this many MiB, while the parameters, buffers, module modes and data tensors stay
+    the same (checked on every product; 0 turns it off). A product then costs one second
+    backward per batch instead of a forward, a backward and a second backward; a matmat
+    with a complete cache runs as one product per column.
     With ``blocks`` each block multiplies only its own slice: H_bb v_b, no cross terms.
     Other keyword arguments: see ``CurvatureOperator``.
     """
@@ -32,6 +38,7 @@ class HessianOperator(CurvatureOperator):
         *,
         hvp: str = "double_backward",
         chunk_size: int | None = None,
+        graph_cache_mib: float = 1024.0,
         **kwargs,
     ) -> None:
         if hvp not in HVP_METHODS:
@@ -39,10 +46,27 @@ class HessianOperator(CurvatureOperator):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         self.hvp, self.chunk_size = hvp, chunk_size
-        self._vmap_failed = False
+        self._columns: list = []
+        self._cache = GraphCache(model, graph_cache_mib)
+        self._plan = ColumnPlan(device_of(model), model, chunk_size)
         super().__init__(model, loss_fn, data, **kwargs)
 
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        if self.hvp == "double_backward" and M.ndim == 2:
+            M = self._check_torch_input(M)
+            return self._plan.matmat(self._product, M, self._cache)
+        return self._product(M)
+
+    def _product(self, M: torch.Tensor) -> torch.Tensor:
+        self._cache.begin_pass()
+        try:
+            return super().torch_matmat(M)
+        finally:
+            self._cache.end_pass()
+            self._columns.clear()  # the contiguous copy of this product's directions
+
     def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        Vs = contiguous_columns(self._columns, Vs)
         out: list[torch.Tensor | None] = [None] * len(Vs)
         if self.hvp == "double_backward":
             self._double_backward(batch, Vs, out)
@@ -56,8 +80,9 @@ class HessianOperator(CurvatureOperator):
     def _double_backward(self, batch: Batch, Vs, out) -> None:
         params = self.layout.params
         with torch.enable_grad():
-            loss = self._batch_loss(batch)
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            grads = self._cache.get(batch)
+            if grads is None:
+                grads = self._cache.build(batch, lambda: self._loss_grads(batch), params)
             for block in self.layout.blocks:
                 ps = [params[i] for i in block]
                 pairs = [
@@ -68,42 +93,16 @@ class HessianOperator(CurvatureOperator):
                 for i, r in zip(block, self._grad_of_grads(pairs, ps, Vs[block[0]].shape[0])):
                     out[i] = r
 
+    def _loss_grads(self, batch: Batch) -> tuple:
+        loss = self._batch_loss(batch)
+        return torch.autograd.grad(loss, self.layout.params, create_graph=True, allow_unused=True)
+
     def _grad_of_grads(self, pairs, ps, k: int) -> list[torch.Tensor]:
         """∇_θ (Σ_i g_i · v_i) for every column: the block's Hessian times its V."""
         if not pairs:
             return [torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) for p in ps]
-        gs = [g for g, _ in pairs]
-        step = self.chunk_size or k
-        parts = []
-        for start in range(0, k, step):
-            vs = [v[start : start + step] for _, v in pairs]
-            parts.append(self._batched_backward(gs, ps, vs))
-        return [torch.cat(cols, dim=0) for cols in zip(*parts)]
-
-    def _batched_backward(self, gs, ps, vs) -> list[torch.Tensor]:
-        k = vs[0].shape[0]
-        if k > 1 and not self._vmap_failed:
-            try:
-                res = torch.autograd.grad(
-                    gs, ps, vs, retain_graph=True, allow_unused=True, is_grads_batched=True
-                )
-                return _fill_zeros(res, ps, k)
-            except RuntimeError as err:  # an op without a batching rule: loop instead
-                self._vmap_failed = True
-                warnings.warn(
-                    f"batched HVP unavailable ({err}); looping over columns", stacklevel=4
-                )
-        cols = [
-            _fill_zeros(
-                torch.autograd.grad(
-                    gs, ps, [v[j] for v in vs], retain_graph=True, allow_unused=True
-                ),
-                ps,
-                None,
-            )
-            for j in range(k)
-        ]
-        return [torch.stack(c) for c in zip(*cols)]
+        gs, vs = [g for g, _ in pairs], [v for _, v in pairs]
+        return batched_grad(gs, ps, vs, self._plan.step(k))
 
     # ---------------------------------------------------------------- forward over reverse
     def _forward_over_reverse(self, batch: Batch, block, Vs) -> list[torch.Tensor]:
@@ -123,12 +122,3 @@ class HessianOperator(CurvatureOperator):
         step = self.chunk_size or k
         parts = [vmap(hvp)(*[Vs[i][s : s + step] for i in block]) for s in range(0, k, step)]
         return [torch.cat(cols, dim=0) for cols in zip(*parts)]
-
-
-def _fill_zeros(res, ps, k: int | None) -> list[torch.Tensor]:
-    """Replace None (a parameter the gradient does not depend on) with zeros."""
-    shape = (lambda p: (k, *p.shape)) if k is not None else (lambda p: p.shape)
-    return [
-        r if r is not None else torch.zeros(shape(p), dtype=p.dtype, device=p.device)
-        for r, p in zip(res, ps)
-    ]

@@ -1,0 +1,1 @@
+"""The curvops benchmark suite (see run.py)."""
