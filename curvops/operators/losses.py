@@ -5,6 +5,8 @@ For a batch output f (B, ...) and a batch loss L = s · Σ_t ℓ_t (s = 1/R for 
   - ``hessian_matmat(f, y, U)``:   ∇²_f L · U                      U, out: (k, *f.shape)
   - ``sampled_grads(f, y, M, gen)``: ∇_f ℓ(f, ŷ_m), ŷ_m ~ p(y | f) out: (M, *f.shape)
   - ``true_grads(f, y)``:          ∇_f ℓ(f, y)                     out: f.shape
+  - ``hessian_sqrt(f, y)``:        S with Σ_k S_k S_kᵀ = ∇²_f ℓ per term  out: (K, *f.shape)
+    (K: the feature axis, the last one for MSE/BCE, the classes for CE; unscaled by s)
 with E_ŷ[∇ℓ ∇ℓᵀ] = ∇²ℓ per term, so the MC Fisher estimates the type-2 GGN.
 """
 
@@ -41,6 +43,10 @@ class OutputLoss:
     def num_terms(self, f: torch.Tensor, y: torch.Tensor) -> int:
         return f.numel()
 
+    def term_axes(self, f: torch.Tensor) -> tuple[int, ...]:
+        """Axes of f (besides the batch axis) along which ``hessian_sqrt`` columns repeat."""
+        return tuple(range(1, f.ndim - 1))
+
     def check_targets(self, f: torch.Tensor, y: torch.Tensor) -> None:
         if y.shape != f.shape:
             raise ValueError(
@@ -61,6 +67,9 @@ class MSE(OutputLoss):
 
     def true_grads(self, f, y):
         return 2.0 * (f - y)
+
+    def hessian_sqrt(self, f, y):
+        return math.sqrt(2.0) * _feature_eye(f)  # ∇²ℓ = 2I = (√2 I)(√2 I)ᵀ
 
 
 class BCEWithLogits(OutputLoss):
@@ -84,6 +93,10 @@ class BCEWithLogits(OutputLoss):
 
     def true_grads(self, f, y):
         return torch.sigmoid(f) - y
+
+    def hessian_sqrt(self, f, y):
+        p = torch.sigmoid(f)
+        return _feature_eye(f) * torch.sqrt(p * (1 - p))  # diagonal: √(σ(1−σ))
 
 
 class CrossEntropy(OutputLoss):
@@ -137,6 +150,9 @@ class CrossEntropy(OutputLoss):
     def num_terms(self, f, y):
         return f.numel() // f.shape[1]
 
+    def term_axes(self, f):
+        return tuple(range(2, f.ndim))
+
     def _mask(self, f, y):
         if y.is_floating_point():
             return None
@@ -173,6 +189,16 @@ class CrossEntropy(OutputLoss):
         mask = self._mask(f, y)
         return g * mask if mask is not None else g
 
+    def hessian_sqrt(self, f, y):
+        """S = diag(√p) − p √pᵀ (S Sᵀ = diag(p) − p pᵀ): column k is √p_k (e_k − p)."""
+        p = torch.softmax(f, dim=1)
+        eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
+        eye = eye.reshape(f.shape[1], 1, f.shape[1], *([1] * (f.ndim - 2)))  # (K, 1, C, ...)
+        sqrt_pk = torch.movedim(torch.sqrt(p), 1, 0).unsqueeze(2)  # (K, B, 1, ...)
+        S = sqrt_pk * (eye - p)
+        mask = self._mask(f, y)
+        return S * mask if mask is not None else S
+
 
 def output_loss(loss_fn) -> OutputLoss:
     """The closed form for ``loss_fn``, or a ValueError naming the supported losses."""
@@ -185,6 +211,15 @@ def output_loss(loss_fn) -> OutputLoss:
         f"loss {type(loss_fn).__name__} is not supported here; supported: {SUPPORTED} "
         "(HessianOperator accepts any differentiable loss)"
     )
+
+
+def _feature_eye(f: torch.Tensor) -> torch.Tensor:
+    """(K, *f.shape) with a 1 where the last axis equals k (K = f.shape[-1]; K = 1 for (B,))."""
+    if f.ndim < 2:
+        return torch.ones((1, *f.shape), dtype=f.dtype, device=f.device)
+    K = f.shape[-1]
+    eye = torch.eye(K, dtype=f.dtype, device=f.device)
+    return eye.reshape(K, *([1] * (f.ndim - 1)), K).expand(K, *f.shape)
 
 
 def _like(t: torch.Tensor) -> dict:
