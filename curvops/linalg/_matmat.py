@@ -51,10 +51,13 @@ def as_linear_operator(op) -> LinearOperator:
 def torch_matmat(op) -> TorchMatmat:
     """Wrap ``op`` as a counting torch matmat on its own device.
 
-    Uses ``op.torch_matmat`` when present (curvops operators, or any object with that
+    A ``TorchMatmat`` is returned as it is (its count keeps running). Uses
+    ``op.torch_matmat`` when present (curvops operators, or any object with that
     method and ``device`` / ``dtype`` attributes); otherwise multiplies on the host
     through ``op.matmat`` in float64 (float32 if ``op.dtype`` is float32).
     """
+    if isinstance(op, TorchMatmat):
+        return op
     if hasattr(op, "torch_matmat") and hasattr(op, "device"):
         dtype = op.torch_dtype if hasattr(op, "torch_dtype") else _torch_dtype(op.dtype)
         return TorchMatmat(op.torch_matmat, op.shape[0], torch.device(op.device), dtype)

@@ -1,0 +1,198 @@
+"""``eigsh``: extreme eigenpairs of any symmetric LinearOperator, three backends."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse.linalg as sla
+import torch
+
+from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.linalg._probes import gaussian, start_vector
+from curvops.linalg.lanczos import thick_restart_lanczos
+from curvops.linalg.lobpcg import lobpcg
+from curvops.linalg.results import EigenResult
+
+WHICH = ("LA", "SA", "LM", "BE")
+BACKENDS = ("arpack", "lanczos", "lobpcg")
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before every requested pair met the tolerance."""
+
+
+def eigsh(
+    op,
+    k: int = 6,
+    which: str = "LA",
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    backend: str = "arpack",
+    v0=None,
+    seed: int = 0,
+    progress: bool = False,
+    ncv: int | None = None,
+) -> EigenResult:
+    """k eigenpairs of a symmetric operator A (P, P): A v_i = λ_i v_i.
+
+    Parameters
+    ----------
+    op : LinearOperator, curvops operator, anything with ``torch_matmat`` / ``device`` /
+        ``dtype`` / ``shape``, or a dense (P, P) numpy array / torch tensor.
+    k : number of pairs, 0 < k < P.
+    which : "LA" largest algebraic, "SA" smallest algebraic, "LM" largest magnitude,
+        "BE" both ends (k//2 from the bottom, the rest from the top, as scipy).
+    tol : relative tolerance: a pair is converged when ‖A v − λ v‖ <= tol · ‖A‖, ‖A‖
+        estimated by the largest |Ritz value| the solver saw (ARPACK: the largest |λ_j|
+        returned; its own test, per pair, is stricter). Floored at 50 machine epsilons of
+        the operator's dtype; the recomputed residual is allowed a factor 2 of round-off
+        over the solver's own estimate.
+    max_iter : ARPACK restarts (scipy's default 10 P), Lanczos restart cycles (default
+        300), or LOBPCG iterations (default 500).
+    backend : "arpack" (scipy, host copies per product), "lanczos" (thick-restart
+        Lanczos in torch on the operator's device), "lobpcg" (block solver, one matmat
+        on the unconverged columns per iteration).
+    v0 : start vector (P,); overrides ``seed``, which draws a Gaussian one on the CPU.
+    progress : a tqdm bar counting products.
+    ncv : Krylov basis size (ARPACK, Lanczos; default min(P, max(2k + 1, 20))) or
+        LOBPCG block size (default min(P, k + max(3, k // 2))).
+
+    Returns
+    -------
+    EigenResult: eigenvalues (k,) descending, orthonormal eigenvectors (P, k),
+    residual norms recomputed with one final matmat, converged flags, n_matvecs, seconds.
+
+    Non-convergence is never silent: the partial result is returned with ``converged``
+    False where a pair missed the tolerance, and a ``ConvergenceWarning`` says how many
+    pairs converged and what to try (larger max_iter, larger ncv, looser tol). ARPACK
+    keeps only its converged pairs; the missing ones are NaN with zero vectors.
+    Turn the warning into an error with ``warnings.simplefilter("error", ConvergenceWarning)``.
+    """
+    A = torch_matmat(op)
+    _check(A.size, k, which, backend, tol, max_iter, ncv)
+    tol_eff = max(float(tol), 50 * torch.finfo(A.dtype).eps)
+    count0, start = A.n_matvecs, time.perf_counter()
+    B, bar = _with_progress(A, progress, backend)
+    try:
+        x0 = start_vector(B, v0, seed)
+        vals, vecs, anorm = _solve(B, x0, k, which, tol_eff, max_iter, ncv, seed, backend)
+        res = _finish(B, vals, vecs, anorm, tol_eff, backend, which)
+    finally:
+        if bar is not None:
+            bar.close()
+    res.n_matvecs, res.seconds = A.n_matvecs - count0, time.perf_counter() - start
+    if not res.all_converged:
+        _warn(res, k, tol, max_iter, ncv)
+    return res
+
+
+def _check(P, k, which, backend, tol, max_iter, ncv) -> None:
+    if not isinstance(k, (int, np.integer)) or not 0 < k < P:
+        raise ValueError(
+            f"k must be an integer with 0 < k < P = {P}; got k={k!r}. For the whole "
+            "spectrum of a small operator use numpy.linalg.eigh(op @ numpy.eye(P))"
+        )
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(map(repr, WHICH))}; got {which!r}")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
+        )
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0; got {tol!r}")
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1 (or None); got {max_iter!r}")
+    if ncv is not None and not k < ncv <= P:
+        raise ValueError(f"ncv must satisfy k < ncv <= P, here {k} < ncv <= {P}; got {ncv!r}")
+
+
+def _with_progress(A: TorchMatmat, progress: bool, backend: str):
+    if not progress:
+        return A, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=f"eigsh ({backend})", unit=" products")
+
+    def fn(M):
+        bar.update(M.shape[1])
+        return A(M)
+
+    return TorchMatmat(fn, A.size, A.device, A.dtype), bar
+
+
+def _solve(A, x0, k, which, tol, max_iter, ncv, seed, backend):
+    """Backend dispatch: θ (k,) numpy, X (P, k) torch on the device, ‖A‖ estimate."""
+    P = A.size
+    if backend == "arpack":
+        return _arpack(A, x0, k, which, tol, max_iter, ncv)
+    if backend == "lanczos":
+        m = ncv or min(P, max(2 * k + 1, 20))
+        theta, X, _, anorm = thick_restart_lanczos(A, x0, k, which, tol, max_iter or 300, m, seed)
+        return theta, X, anorm
+    nb = ncv or min(P, k + max(3, k // 2))
+    X0 = gaussian(A, nb, seed)
+    X0[:, 0] = x0
+    theta, X, _, anorm = lobpcg(A, X0, k, which, tol, max_iter or 500)
+    return theta, X, anorm
+
+
+def _arpack(A: TorchMatmat, x0, k, which, tol, max_iter, ncv):
+    def matmat(X):
+        M = torch.as_tensor(np.asarray(X).reshape(A.size, -1), dtype=A.dtype, device=A.device)
+        out = A(M)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError("the operator returned non-finite values (NaN or inf)")
+        return out.to(torch.float64).cpu().numpy()
+
+    lin = sla.LinearOperator(
+        (A.size, A.size), matvec=matmat, matmat=matmat, rmatvec=matmat, dtype=np.float64
+    )
+    v0 = x0.to(torch.float64).cpu().numpy()
+    which = "LA" if which == "BE" and k == 1 else which  # ARPACK's BE needs k >= 2
+    try:
+        vals, vecs = sla.eigsh(lin, k=k, which=which, tol=tol, maxiter=max_iter, v0=v0, ncv=ncv)
+    except sla.ArpackNoConvergence as err:
+        vals = np.full(k, np.nan)
+        vecs = np.zeros((A.size, k))
+        n = len(err.eigenvalues)
+        vals[:n], vecs[:, :n] = err.eigenvalues, err.eigenvectors
+    anorm = np.abs(vals[np.isfinite(vals)]).max(initial=0.0)
+    return vals, torch.as_tensor(vecs, dtype=A.dtype, device=A.device), anorm
+
+
+def _finish(A: TorchMatmat, vals, X: torch.Tensor, anorm, tol, backend, which) -> EigenResult:
+    """Sort descending, recompute ‖A v − λ v‖ with one matmat, decide convergence."""
+    vals = np.asarray(vals, dtype=np.float64)
+    order = np.argsort(-vals, kind="stable")  # NaN (missing pairs) last
+    vals, X = vals[order], X[:, torch.as_tensor(order.copy(), device=X.device)]
+    lam = torch.as_tensor(vals, dtype=X.dtype, device=X.device)
+    R = A(X) - X * lam
+    res = R.norm(dim=0).to(torch.float64).cpu().numpy()
+    finite = np.isfinite(vals)
+    scale = max(float(anorm), np.abs(vals[finite]).max(initial=0.0))
+    converged = finite & (res <= 2 * tol * max(scale, np.finfo(float).tiny))
+    return EigenResult(
+        eigenvalues=vals,
+        eigenvectors=X.to(torch.float64).cpu().numpy(),
+        residual_norms=res,
+        converged=converged,
+        n_matvecs=0,
+        seconds=0.0,
+        backend=backend,
+        which=which,
+    )
+
+
+def _warn(res: EigenResult, k: int, tol: float, max_iter, ncv) -> None:
+    n = int(res.converged.sum())
+    warnings.warn(
+        f"eigsh(backend={res.backend!r}, which={res.which!r}): only {n} of {k} eigenpairs "
+        f"converged to tol={tol:g} (largest residual "
+        f"{np.nanmax(res.residual_norms) if n < k else 0:.3g}). Try a larger max_iter "
+        f"(now {max_iter}), a larger ncv (now {ncv}) or a looser tol; the partial result has "
+        "converged=False where a pair did not converge.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
