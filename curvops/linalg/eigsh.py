@@ -187,10 +187,12 @@ def _finish(A: TorchMatmat, vals, X: torch.Tensor, anorm, tol, backend, which) -
 
 def _warn(res: EigenResult, k: int, tol: float, max_iter, ncv) -> None:
     n = int(res.converged.sum())
+    missing = int(np.isnan(res.eigenvalues).sum())
+    worst = np.nanmax(res.residual_norms) if missing < k else np.nan
     warnings.warn(
         f"eigsh(backend={res.backend!r}, which={res.which!r}): only {n} of {k} eigenpairs "
-        f"converged to tol={tol:g} (largest residual "
-        f"{np.nanmax(res.residual_norms) if n < k else 0:.3g}). Try a larger max_iter "
+        f"converged to tol={tol:g} (largest residual {worst:.3g}; {missing} pairs missing, "
+        "NaN). Try a larger max_iter "
         f"(now {max_iter}), a larger ncv (now {ncv}) or a looser tol; the partial result has "
         "converged=False where a pair did not converge.",
         ConvergenceWarning,

@@ -63,7 +63,7 @@ def hutchpp_trace(op, n_matvecs: int = 102, seed: int = 0, chunk: int = 16) -> T
     probes = torch.cat(list(rademacher(A, s + g, seed)), 1)
     S, G = probes[:, :s], probes[:, s:]
     Q = _orth(_chunked(A, S, chunk))
-    head = (Q * _chunked(A, Q, chunk)).sum().to(torch.float64) if Q.shape[1] else 0.0
+    head = float((Q * _chunked(A, Q, chunk)).to(torch.float64).sum()) if Q.shape[1] else 0.0
     G = G - Q @ (Q.T @ G)
     quad = (G * _chunked(A, G, chunk)).sum(0)
     est, se = _mean_se(quad)
