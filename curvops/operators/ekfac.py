@@ -15,7 +15,7 @@ import torch
 
 from curvops.linalg.eigenbasis import EIGENBASIS_METHODS, refresh_eigenbasis
 from curvops.operators.kfac import KFACOperator
-from curvops.operators.kfac_layers import Layer, augment
+from curvops.operators.kfac_layers import augment
 
 CORRECTIONS = ("auto", "per_example", "gramian")
 
@@ -28,7 +28,8 @@ class EKFACOperator(KFACOperator):
             the bases from the previous ones by orthogonal (QR) iteration, the cheap update
             of SOAP / Shampoo-style optimizers (the first bases come from eigh).
         correction: "auto" (by memory, per layer), "per_example" or "gramian".
-    ``self.strategies`` tells which correction each layer used.
+    ``self.strategies`` tells which correction each block used, keyed by the name of the
+    block's first parameter (e.g. "0.weight", "0.bias").
     """
 
     def __init__(
@@ -81,8 +82,9 @@ class EKFACOperator(KFACOperator):
                     if b is None:
                         continue
                     bt = b @ self._bases[i][0][1]  # (K', B, R, D₂) in the basis of G
-                    for e, at in zip(E[i], rotated[i]):
-                        e += self._correct(self.layers[i], bt, at)
+                    names = [self.layout.names[blk.params[0]] for blk in self._layer_blocks(i)]
+                    for e, at, name in zip(E[i], rotated[i], names):
+                        e += self._correct(name, bt, at)
         return [[self._all_reduce(e) for e in parts] for parts in E]
 
     def _layer_blocks(self, i: int) -> list:
@@ -105,12 +107,12 @@ class EKFACOperator(KFACOperator):
             out.append(torch.ones_like(a[..., :1]))
         return out
 
-    def _correct(self, layer: Layer, bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def _correct(self, name: str, bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         R, D1, D2 = at.shape[1], at.shape[2], bt.shape[3]
         strategy = self.correction
         if strategy == "auto":
             strategy = "gramian" if R * R * (D1 + D2) < D1 * D2 else "per_example"
-        self.strategies[layer.name] = strategy
+        self.strategies[name] = strategy
         return (
             gramian_correction(bt, at) if strategy == "gramian" else per_example_correction(bt, at)
         )
