@@ -19,6 +19,7 @@ from torch import nn
 from curvops.operators._graph_cache import GraphCache
 
 Product = Callable[[torch.Tensor], torch.Tensor]
+BATCHED_MARGIN = 0.8  # batch only when clearly faster: it costs k times the memory
 
 
 class ColumnPlan:
@@ -28,7 +29,7 @@ class ColumnPlan:
     conv nets take one column at a time (vmap is slower there and memory-hungry), and other
     models time both once, on the first matmat with at least 3 columns whose graphs are all
     cached (column 2 alone, then columns 3..k batched: every column is useful work), and
-    keep the faster. Before that: one column at a time on CPU, all batched on CUDA.
+    batch only if that is clearly faster (``BATCHED_MARGIN``). Before that: one column at a time on CPU, all batched on CUDA.
     ``step(k)`` tells the product running now how many columns to batch.
     """
 
@@ -68,7 +69,7 @@ class ColumnPlan:
         finally:
             self._step = None
         per_column = (now(self.device) - middle) / (M.shape[1] - 2)
-        self.batched = per_column < middle - start
+        self.batched = per_column < BATCHED_MARGIN * (middle - start)
         return torch.cat([single.unsqueeze(1), rest], dim=1)
 
 

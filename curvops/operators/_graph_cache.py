@@ -83,6 +83,8 @@ class GraphCache:
         self.snapshot = [t.detach().clone() for t in _state(self.model)]
         self.modes = tuple(m.training for m in self.model.modules())
         self.used = sum(t.numel() * t.element_size() for t in self.snapshot)
+        if self.used >= self.budget:  # not even the snapshot fits: caching cannot pay
+            self.snapshot, self.used, self.enabled = None, 0, False
 
 
 def _state(model: nn.Module) -> list[torch.Tensor]:
