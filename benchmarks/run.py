@@ -31,7 +31,7 @@ from benchmarks.timing import interleaved_medians  # noqa: E402
 from benchmarks.tools import MATMAT_PEERS, add_before, build_all  # noqa: E402
 
 TOL = 1e-3  # relative error of a float32 product against the float64 reference
-K = 16  # columns of the timed matmat
+K = 16  # columns of the timed matmat (8 with --quick)
 REFERENCE = {"hessian": floor.double_backward_hvp, "ggn": floor.ggn_reference}
 
 
@@ -48,12 +48,16 @@ class Row:
     rel_error: float = float("nan")
     ok: bool = True
     peer: bool = False
-    peak_mib: float | None = None
+    peak_first_mib: float | None = None
+    peak_later_mib: float | None = None
+    held_mib: float | None = None
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller data, 3 rounds, no memory")
+    p.add_argument(
+        "--quick", action="store_true", help="smaller data, 8 columns, no variants, no memory"
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if a curvops result is wrong")
     p.add_argument("--json", type=Path, help="write the rows as JSON")
     p.add_argument("--device", default="cpu")
@@ -69,11 +73,11 @@ def bench_problem(name: str, args: argparse.Namespace, device: torch.device) -> 
     problem = PROBLEMS[name](args.quick).to(str(device))
     print(f"\n== {name}: P = {problem.num_params:,}, N = {problem.num_data:,}", flush=True)
     gen = torch.Generator().manual_seed(0)
-    V = torch.randn(problem.num_params, K, generator=gen).to(device)
+    V = torch.randn(problem.num_params, 8 if args.quick else K, generator=gen).to(device)
     calls = {"gradient": floor.gradient(problem)}
     rows: dict[str, Row] = {}
     for curvature in REFERENCE:
-        _add_curvature(curvature, problem, V, calls, rows)
+        _add_curvature(curvature, problem, V, calls, rows, variants=not args.quick)
     rounds = args.rounds or (3 if args.quick else 7)
     medians = interleaved_medians(calls, rounds, device)
     for label, row in rows.items():
@@ -83,12 +87,14 @@ def bench_problem(name: str, args: argparse.Namespace, device: torch.device) -> 
     return list(rows.values())
 
 
-def _add_curvature(curvature: str, problem: Problem, V, calls: dict, rows: dict) -> None:
-    tools, peer_names = build_all(curvature, problem)
+def _add_curvature(
+    curvature: str, problem: Problem, V, calls: dict, rows: dict, variants: bool
+) -> None:
+    tools, peer_names = build_all(curvature, problem, variants)
     exact = REFERENCE[curvature](problem.to(str(V.device), torch.float64))
     refs = torch.stack([exact(V[:, j].double()) for j in range(2)], dim=1).detach()
     for tool, mv in tools.items():
-        ks = (1, K) if tool.startswith("curvops") or tool in MATMAT_PEERS else (1,)
+        ks = (1, V.shape[1]) if tool.startswith("curvops") or tool in MATMAT_PEERS else (1,)
         for k in ks:
             M = V[:, 0] if k == 1 else V
             label = f"{curvature}/{tool}/{k}"
@@ -142,18 +148,20 @@ def measure_memory(rows: list[Row], args: argparse.Namespace) -> None:
             print(f"  note: memory probe failed for {row.tool}: {done.stderr[-300:]}")
             continue
         result = json.loads(lines[-1])
-        row.peak_mib = result["mib"] if result["exact"] else -result["mib"]
+        row.peak_first_mib, row.peak_later_mib = result["first"], result["later"]
+        row.held_mib = result["held"]
 
 
 def print_table(rows: list[Row]) -> None:
-    head = "| problem | curvature | tool | k | median ms | x grad | per column x grad | x best peer | rel. error | peak extra MiB |"
-    print("\n" + head + "\n|" + " --- |" * 10)
+    head = "| problem | curvature | tool | k | median ms | x grad | per column x grad | x best peer | rel. error | peak extra MiB (first product) | held MiB |"
+    print("\n" + head + "\n|" + " --- |" * 11)
     for r in rows:
         err = f"{r.rel_error:.1e}" + ("" if r.ok else " WRONG")
-        mem = "" if r.peak_mib is None else f"{r.peak_mib:.0f}" if r.peak_mib >= 0 else "n/a"
+        mem = "" if r.held_mib is None else f"{r.peak_first_mib:.0f}"
+        held = "" if r.held_mib is None else f"{r.held_mib:.0f}"
         print(
             f"| {r.problem} | {r.curvature} | {r.tool} | {r.k} | {r.seconds * 1e3:.1f} | "
-            f"{r.x_grad:.2f} | {r.per_column_x_grad:.3f} | {r.x_peer:.2f} | {err} | {mem} |"
+            f"{r.x_grad:.2f} | {r.per_column_x_grad:.3f} | {r.x_peer:.2f} | {err} | {mem} | {held} |"
         )
 
 

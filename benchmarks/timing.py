@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import resource
+import os
 import statistics
-import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -37,14 +37,35 @@ def interleaved_medians(
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def peak_extra_mib(call: Callable[[], object], device: torch.device) -> tuple[float, bool]:
-    """Peak memory of the first ``call()`` above what was held just before it, in MiB.
+class PeakRss:
+    """Samples this process's resident set in a thread (torch ops release the GIL): the peak
+    above the level at entry, in MiB. A CPU proxy for a call's peak extra memory; run it in a
+    fresh process with ``MALLOC_MMAP_THRESHOLD_`` set, so that freed blocks leave the RSS."""
 
-    Returns (MiB, exact). CUDA: ``torch.cuda.max_memory_allocated`` (exact). CPU: the
-    process's peak resident set after the call (``ru_maxrss``) minus its resident set just
-    before; a proxy that includes allocator slack. It is only a bound (exact=False) when
-    the call did not raise the process's peak; run it in a fresh process with
-    ``MALLOC_MMAP_THRESHOLD_`` set, so that freed blocks leave the resident set.
+    def __init__(self, interval: float = 2e-4) -> None:
+        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self.base = rss_mib()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mib()) - self.base
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mib())
+            time.sleep(self.interval)
+
+
+def peak_extra_mib(call: Callable[[], object], device: torch.device) -> float:
+    """Peak memory of ``call()`` above what was held just before it, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact); CPU: ``PeakRss`` (a proxy).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -52,19 +73,19 @@ def peak_extra_mib(call: Callable[[], object], device: torch.device) -> tuple[fl
         base = torch.cuda.memory_allocated(device)
         call()
         torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, True
-    peak_before, now = _maxrss_mib(), _rss_mib()
-    call()
-    peak_after = _maxrss_mib()
-    return peak_after - now, peak_after > peak_before
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with PeakRss() as probe:
+        call()
+    return probe.peak
 
 
-def _maxrss_mib() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+def held_mib(device: torch.device) -> float:
+    """Memory held now: allocated CUDA memory, or the resident set on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return rss_mib()
 
 
-def _rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

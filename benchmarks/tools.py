@@ -59,9 +59,13 @@ def add_before(directory: str) -> None:
         OURS[curvature]["curvops@before"] = builder
 
 
-def build_all(curvature: str, problem: Problem) -> tuple[dict[str, MatVec], set[str]]:
-    """All tools for ``curvature`` on ``problem`` (missing peers noted) and the peer names."""
-    tools = {name: b(problem) for name, b in OURS[curvature].items()}
+def build_all(
+    curvature: str, problem: Problem, variants: bool = True
+) -> tuple[dict[str, MatVec], set[str]]:
+    """All tools for ``curvature`` on ``problem`` (missing peers noted) and the peer names;
+    ``variants=False`` keeps only curvops's default of its own tools."""
+    ours = OURS[curvature] if variants else {"curvops": OURS[curvature]["curvops"]}
+    tools = {name: b(problem) for name, b in ours.items()}
     tools.update({name: b(problem) for name, b in FLOOR[curvature].items()})
     found = peers.build(PEERS[curvature], problem)
     tools.update(found)
