@@ -93,6 +93,14 @@ def make(name: str, loss: str = "ce", reduction: str = "mean", sizes=(5, 3, 2), 
             nn.Linear(8, 3),
         )
         shape = (2, 4, 4)
+    elif name == "cnn_pad":  # reflect padding, "same", dilation, rectangular kernel
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, (3, 2), padding="same", padding_mode="reflect", dilation=(1, 2)),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(48, 3),
+        )
+        shape = (2, 4, 4)
     elif name == "seq":
         model, shape = SeqNet(), (4, 3)
     elif name == "mix":

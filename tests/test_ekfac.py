@@ -36,7 +36,13 @@ def test_reference_net_exact():
 
 @pytest.mark.parametrize(
     "name,loss,separate",
-    [("mlp", "ce", True), ("cnn", "mse", False), ("seq", "bce", True), ("mix", "ce", False)],
+    [
+        ("mlp", "ce", True),
+        ("cnn", "mse", False),
+        ("cnn_pad", "ce", True),
+        ("seq", "bce", True),
+        ("mix", "ce", False),
+    ],
 )
 def test_eigenvalues_are_the_ggn_diagonal_in_the_kfac_basis(name, loss, separate):
     model, loss_fn, data = make(name, loss)

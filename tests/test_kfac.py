@@ -104,6 +104,18 @@ def test_sequence_inputs_expand_exact_diagonal_terms_and_mixing_supported():
     assert rel_err(K, G) < 0.5
 
 
+def test_bias_only_and_weight_only_params():
+    model, loss_fn, data = make("mlp", "mse", sizes=(1,))
+    params = [model[0].bias, model[2].weight]
+    op = KFACOperator(model, loss_fn, data, params=params, separate_weight_and_bias=False)
+    from groundtruth import dense_ggn
+
+    G = dense_ggn(model, loss_fn, data, params)
+    G[:5, 5:] = 0
+    G[5:, :5] = 0
+    torch.testing.assert_close(op.to_dense(), G, atol=1e-10, rtol=0)
+
+
 def test_compute_is_idempotent():
     model, loss_fn, data = make("mlp", "ce")
     op = KFACOperator(model, loss_fn, data)

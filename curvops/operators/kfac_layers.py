@@ -72,11 +72,17 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded patches (B, L, C·kh·kw), in the order of weight.reshape(C_out, -1)."""
+    """Unfolded patches (B, L, C·kh·kw), in the order of weight.reshape(C_out, -1).
+
+    Strided windows (``Tensor.unfold``) rather than ``F.unfold``, whose CPU kernel is ~20x
+    slower here; a dilation d takes every d-th entry of a window of size d(k − 1) + 1.
+    """
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
-    return rearrange(cols, "b d l -> b l d")
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    windows = windows[..., ::dh, ::dw]  # (B, C, H_out, W_out, kh, kw)
+    return rearrange(windows, "b c h w i j -> b (h w) (c i j)")
 
 
 def output_grads(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
