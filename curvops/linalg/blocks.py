@@ -25,8 +25,9 @@ def block_top_eigenvalues(
     block's products are A restricted to it: embed v_b in a zero P-vector, multiply, keep
     the block's slice (exact for a block-diagonal operator; for a full one this gives the
     diagonal blocks A_bb). Blocks of size <= 32 are solved densely, larger ones with
-    ``eigsh(which="BE", k=2, backend=backend, tol=tol)``. Also reports per block the
-    eigenvalue of largest |λ|, with its sign.
+    ``eigsh(k=1, which="LM", backend=backend, tol=tol)``, plus a ``which="LA"`` run when
+    that eigenvalue is negative. Also reports per block the eigenvalue of largest |λ|,
+    with its sign.
 
     Scores: ``normalize=True`` gives |λ_b| / max_c |λ_c| in [0, 1] (else |λ_b|). A block
     whose λ_b is non-finite (the operator returned NaN / inf there) or zero (|λ_b| <=
@@ -74,20 +75,32 @@ def _extremes(B: TorchMatmat, tol: float, backend: str) -> tuple[float, float, b
     """(λ_max, the eigenvalue of largest |λ|, converged) of one block; NaN if non-finite."""
     try:
         if B.size <= DENSE_MAX:
-            D = B(torch.eye(B.size, dtype=B.dtype, device=B.device)).to(torch.float64)
-            if not bool(torch.isfinite(D).all()):
-                return np.nan, np.nan, False
-            lo_hi = torch.linalg.eigvalsh((D + D.T) / 2).cpu().numpy()[[0, -1]]
-            converged = True
+            lm, hi, converged = _dense_extremes(B)
         else:
-            res = eigsh(B, k=2, which="BE", tol=tol, backend=backend)
-            lo_hi, converged = res.eigenvalues[::-1], res.all_converged
+            lm, hi, converged = _iterative_extremes(B, tol, backend)
     except (FloatingPointError, sla.ArpackError, np.linalg.LinAlgError):
         return np.nan, np.nan, False
-    lo, hi = float(lo_hi[0]), float(lo_hi[1])
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if not (np.isfinite(lm) and np.isfinite(hi)):
         return np.nan, np.nan, False
-    return hi, (hi if abs(hi) >= abs(lo) else lo), bool(converged)
+    return hi, lm, bool(converged)
+
+
+def _dense_extremes(B: TorchMatmat) -> tuple[float, float, bool]:
+    """(λ of largest |λ|, λ_max, True) from the dense block B I (one matmat of its columns)."""
+    D = B(torch.eye(B.size, dtype=B.dtype, device=B.device)).to(torch.float64)
+    if not bool(torch.isfinite(D).all()):
+        raise FloatingPointError("the operator returned non-finite values (NaN or inf)")
+    lo, hi = (float(x) for x in torch.linalg.eigvalsh((D + D.T) / 2)[[0, -1]])
+    return (hi if abs(hi) >= abs(lo) else lo), hi, True
+
+
+def _iterative_extremes(B: TorchMatmat, tol: float, backend: str) -> tuple[float, float, bool]:
+    """λ of largest |λ| first (which="LM"); when it is negative, λ_max by a second "LA" run."""
+    lm = eigsh(B, k=1, which="LM", tol=tol, backend=backend)
+    if lm.eigenvalues[0] >= 0:
+        return float(lm.eigenvalues[0]), float(lm.eigenvalues[0]), lm.all_converged
+    la = eigsh(B, k=1, which="LA", tol=tol, backend=backend)
+    return float(lm.eigenvalues[0]), float(la.eigenvalues[0]), lm.all_converged and la.all_converged
 
 
 def _scores(top: np.ndarray, lm: np.ndarray, normalize: bool):

@@ -40,13 +40,15 @@ def spectral_density(
         raise ValueError(f"sigma must be > 0; got {sigma!r}")
     if grid is None and n_grid < 2:
         raise ValueError(f"n_grid must be >= 2; got {n_grid!r}")
+    if grid is not None:
+        grid = np.asarray(grid, dtype=np.float64)
+        if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
+            raise ValueError("grid must be an increasing 1-D array of at least 2 points")
     A = torch_matmat(op)
     count0 = A.n_matvecs
     nodes, weights = _quadrature(A, n_probes, lanczos_steps, seed)
     sigma = float(sigma) if sigma is not None else _default_sigma(nodes)
-    grid = _grid(nodes, sigma, n_grid) if grid is None else np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
-        raise ValueError("grid must be an increasing 1-D array of at least 2 points")
+    grid = _grid(nodes, sigma, n_grid) if grid is None else grid
     rho = _broaden(grid, nodes, weights, sigma)
     return Density(grid, rho, nodes, weights, sigma, A.n_matvecs - count0)
 

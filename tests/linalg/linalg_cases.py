@@ -61,3 +61,14 @@ def block_diagonal(blocks) -> tuple[np.ndarray, list[slice]]:
     for s, b in zip(slices, blocks):
         D[s, s] = b
     return D, slices
+
+
+class one_torch_thread:
+    """Context manager: torch on one thread (see conftest.py), restored on exit."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
