@@ -162,3 +162,9 @@ def test_bad_inputs(kwargs, match):
 def test_non_square():
     with pytest.raises(ValueError, match="square"):
         eigsh(np.ones((3, 4)), k=1)
+
+
+def test_progress_bar_counts_products(capsys):
+    res = eigsh(D, k=2, backend="lanczos", progress=True)
+    assert "products" in capsys.readouterr().err
+    np.testing.assert_allclose(res.eigenvalues, EXACT[:2], rtol=1e-8)
