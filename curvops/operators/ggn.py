@@ -34,6 +34,16 @@ class GGNOperator(CurvatureOperator):
         mc_samples: labels drawn per data point in "mc" mode (variance ∝ 1 / mc_samples).
         seed: the MC labels of a batch come from the seed and the batch's content, so every
             product sees the same matrix, whatever the batch order or the rank holding it.
+        jvp: how J V is computed: "forward" (forward mode, which recomputes the forward pass)
+            or "reverse" (one backward through the cached graph of Jᵀu, which is linear in u);
+            "auto" times both once on the first batch and keeps the faster. Without the
+            cache: forward.
+        chunk_size: columns of a matmat multiplied in one batched pass; None chooses by
+            model and timing (see ``curvops.operators._columns.ColumnPlan``).
+        graph_cache_mib: each batch's output graph is kept between products, up to this
+            many MiB, while the parameters, buffers, module modes and data tensors stay the
+            same (checked on every product; 0 turns it off). A product then needs no forward
+            pass with jvp="reverse", and never a new graph for Jᵀ U.
     ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss or nn.BCEWithLogitsLoss (mean or
     sum); other keyword arguments: see ``CurvatureOperator``.
     """
@@ -126,9 +136,9 @@ class GGNOperator(CurvatureOperator):
             return self.jvp == "reverse"
         graph = self._build_graph(batch, reverse=True)
         block = self.layout.blocks[0]
-        vs = [torch.randn_like(self.layout.params[i]).unsqueeze(0) for i in block]
+        vs = [torch.ones_like(self.layout.params[i]).unsqueeze(0) for i in block]  # no RNG use
         seconds = {}
-        for reverse in (True, False):
+        for reverse in (True, False, True, False):  # the second round is warm
             start = now(self.device)
             graph.reverse = reverse
             self._jacobian_matmat(graph, batch, block, vs)
