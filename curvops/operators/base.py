@@ -123,8 +123,22 @@ class CurvatureOperator(LinearOperator):
 
     # ---------------------------------------------------------------- torch fast path
     def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
-        """A @ M for M (P,) or (P, k) on ``op.device``; one pass over the data for all k."""
+        """A @ M for M (P,) or (P, k) on ``op.device``; one pass over the data for all k.
+
+        Under a ``process_group`` this rank's product is summed over the ranks with exactly
+        one ``all_reduce`` of P x k numbers, whatever the rank's data or column plan.
+        """
         M = self._check_torch_input(M)
+        result = self._all_reduce(self._local_matmat(M).contiguous())
+        checks.check_finite(result, f"product of {type(self).__name__}")
+        return result
+
+    def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """This rank's share of A @ M (no reduction); subclasses may split the columns."""
+        return self._data_pass(M)
+
+    def _data_pass(self, M: torch.Tensor) -> torch.Tensor:
+        """Σ_batches w_b A_b @ M over this rank's data, M (P,) or (P, k): one data pass."""
         squeeze = M.ndim == 1
         M = M.unsqueeze(1) if squeeze else M
         Vs = [
@@ -139,8 +153,6 @@ class CurvatureOperator(LinearOperator):
             for acc, part in zip(out, parts):
                 acc.add_(part.detach(), alpha=w)
         result = torch.cat([o.reshape(M.shape[1], -1) for o in out], dim=1).T
-        result = self._all_reduce(result.contiguous())
-        checks.check_finite(result, f"product of {type(self).__name__}")
         return result.squeeze(1) if squeeze else result
 
     def gradient(self) -> torch.Tensor:

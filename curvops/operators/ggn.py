@@ -81,16 +81,15 @@ class GGNOperator(CurvatureOperator):
         self._columns: list = []
         super().__init__(model, loss_fn, data, **kwargs)
 
-    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+    def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
         if M.ndim == 2:
-            M = self._check_torch_input(M)
             return self._plan.matmat(self._product, M, self._cache)
         return self._product(M)
 
     def _product(self, M: torch.Tensor) -> torch.Tensor:
         self._cache.begin_pass()
         try:
-            return super().torch_matmat(M)
+            return self._data_pass(M)
         finally:
             self._cache.end_pass()
             self._columns.clear()

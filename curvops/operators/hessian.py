@@ -51,16 +51,15 @@ class HessianOperator(CurvatureOperator):
         self._plan = ColumnPlan(device_of(model), model, chunk_size)
         super().__init__(model, loss_fn, data, **kwargs)
 
-    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+    def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
         if self.hvp == "double_backward" and M.ndim == 2:
-            M = self._check_torch_input(M)
             return self._plan.matmat(self._product, M, self._cache)
         return self._product(M)
 
     def _product(self, M: torch.Tensor) -> torch.Tensor:
         self._cache.begin_pass()
         try:
-            return super().torch_matmat(M)
+            return self._data_pass(M)
         finally:
             self._cache.end_pass()
             self._columns.clear()  # the contiguous copy of this product's directions
