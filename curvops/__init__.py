@@ -2,14 +2,10 @@
 
 from curvops import distributed
 from curvops.compare import Comparison, compare
-from curvops.operators import CurvatureOperator, GGNOperator, HessianOperator
+from curvops.linalg import *  # noqa: F403
+from curvops.linalg import __all__ as _linalg_all
+from curvops.operators import *  # noqa: F403
+from curvops.operators import __all__ as _operators_all
 
-__all__ = [
-    "distributed",
-    "compare",
-    "Comparison",
-    "CurvatureOperator",
-    "GGNOperator",
-    "HessianOperator",
-]
+__all__ = ["Comparison", "compare", "distributed", *_operators_all, *_linalg_all]
 __version__ = "0.1.0"

@@ -1,31 +1,67 @@
-"""The ``curvops`` command."""
+"""The ``curvops`` command: ``demo``, ``spectrum`` and ``compare``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+CURVATURES = ("hessian", "ggn", "kfac", "ekfac")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit code 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="curvops", description="Curvature of PyTorch models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="curvops", description="Curvature of PyTorch models.")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     demo = sub.add_parser("demo", help="train small nets on digits and analyse their curvature")
     demo.add_argument("--out", default="demo_output", help="folder for results.json and figures")
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    demo.add_argument("--k", type=int, default=10, help="number of top eigenvalues")
+    _common(demo, k=10)
+
+    spec = sub.add_parser("spectrum", help="top-k eigenvalues (and density) of your model")
+    spec.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
+    spec.add_argument("--curvature", choices=CURVATURES, default="hessian")
+    spec.add_argument("--which", choices=("LA", "SA", "LM", "BE"), default="LA")
+    spec.add_argument("--backend", choices=("arpack", "lanczos", "lobpcg"), default="arpack")
+    spec.add_argument("--tol", type=float, default=1e-4)
+    spec.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
+    spec.add_argument("--layers", action="store_true", help="also the per-layer top eigenvalues")
+    spec.add_argument("--out", default="curvops_output")
+    _common(spec, k=20)
+
+    cmp = sub.add_parser("compare", help="exact GGN vs Kronecker-factored approximations")
+    cmp.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
+    cmp.add_argument("--approx", default="kfac,ekfac", help="comma-separated: kfac, ekfac, ...")
+    cmp.add_argument("--exact", choices=("ggn", "hessian"), default="ggn")
+    cmp.add_argument("--out", default="curvops_output")
+    _common(cmp, k=10)
     return parser
+
+
+def _common(p: argparse.ArgumentParser, k: int) -> None:
+    p.add_argument("--k", type=int, default=k, help=f"number of eigenvalues (default {k})")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the model's")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from curvops.report import run_demo
+        from curvops import jobs
 
-            run_demo(args.out, device=args.device, k=args.k)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        getattr(jobs, f"run_{args.command}")(args)
+    except KeyboardInterrupt:
+        print("curvops: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a user's mistake gets one line; --traceback shows the rest
+        if args.traceback:
+            raise
         print(f"curvops {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 
