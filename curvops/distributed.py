@@ -43,6 +43,22 @@ def all_reduce_sum(t: torch.Tensor, process_group: Any = None) -> torch.Tensor:
     return t
 
 
+def all_reduce_sum_many(
+    tensors: Sequence[torch.Tensor], process_group: Any = None
+) -> list[torch.Tensor]:
+    """Sum several tensors over the ranks with ONE ``all_reduce`` of their concatenation.
+
+    Returns new tensors shaped like the inputs (the inputs themselves when ``process_group``
+    is None). All tensors must share a device and dtype.
+    """
+    if process_group is None or not tensors:
+        return list(tensors)
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=process_group)
+    parts = torch.split(flat, [t.numel() for t in tensors])
+    return [part.view_as(t) for part, t in zip(parts, tensors)]
+
+
 def broadcast(t: torch.Tensor, process_group: Any = None, src: int = 0) -> torch.Tensor:
     """Copy rank ``src``'s ``t`` to every rank (no-op when ``process_group`` is None)."""
     if process_group is not None:

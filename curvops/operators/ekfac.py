@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from curvops.distributed import all_reduce_sum_many
 from curvops.linalg.eigenbasis import EIGENBASIS_METHODS, refresh_eigenbasis
 from curvops.operators.kfac import KFACOperator
 from curvops.operators.kfac_layers import augment
@@ -85,7 +86,8 @@ class EKFACOperator(KFACOperator):
                     names = [self.layout.names[blk.params[0]] for blk in self._layer_blocks(i)]
                     for e, at, name in zip(E[i], rotated[i], names):
                         e += self._correct(name, bt, at)
-        return [[self._all_reduce(e) for e in parts] for parts in E]
+        flat = iter(all_reduce_sum_many([e for parts in E for e in parts], self.process_group))
+        return [[next(flat) for _ in parts] for parts in E]
 
     def _layer_blocks(self, i: int) -> list:
         """The KFAC blocks of layer i (weight or joint, then a separate bias)."""

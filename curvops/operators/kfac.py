@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from curvops.distributed import all_reduce_sum_many
 from curvops.operators.data import batch_weight
 from curvops.operators.kfac_layers import Layer, augment
 from curvops.operators.kronecker import KroneckerBlock, SymFactor
@@ -32,7 +33,9 @@ class KFACOperator(KroneckerOperator):
         on_stale: after the parameters changed, products "raise" ``StaleOperatorError`` or
             "recompute" the factors.
         params, num_data, batch_size_fn, progress, check_deterministic, process_group: see
-            ``CurvatureOperator`` (with a process group the factors are all-reduced once).
+            ``CurvatureOperator``. With a process group all factors are summed in one
+            ``all_reduce`` at construction; every rank then holds the same factors and
+            computes the same eigendecompositions itself (no broadcast needed).
     Factors are computed at construction (one pass over the data, K backward passes per
     batch); ``compute()`` recomputes them idempotently.
     """
@@ -50,8 +53,9 @@ class KFACOperator(KroneckerOperator):
                     if b is not None:
                         _accumulate_grads(acc, b, self.approx)
         self.G, self.A = [], []
-        for layer, (G, A, count) in zip(self.layers, sums):
-            G, A, count = self._all_reduce(G), self._all_reduce(A), float(self._all_reduce(count))
+        flat = all_reduce_sum_many([t for triple in sums for t in triple], self.process_group)
+        for i, layer in enumerate(self.layers):
+            G, A, count = flat[3 * i], flat[3 * i + 1], float(flat[3 * i + 2])
             if count == 0:
                 raise ValueError(
                     f"module '{layer.name}' was never called in the forward pass, so KFAC has no "
