@@ -73,6 +73,20 @@ class ColumnPlan:
         return torch.cat([single.unsqueeze(1), rest], dim=1)
 
 
+def by_chunks(fn: Product, M: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """``fn(M)`` for M (P,) or (P, k), calling ``fn`` on at most ``chunk_size`` columns at once.
+
+    The chunks' results are written into one preallocated (P, k) tensor, so the extra memory
+    is that of one chunk's product.
+    """
+    if chunk_size is None or M.ndim == 1 or M.shape[1] <= chunk_size:
+        return fn(M)
+    out = M.new_empty(M.shape)
+    for start in range(0, M.shape[1], chunk_size):
+        out[:, start : start + chunk_size] = fn(M[:, start : start + chunk_size])
+    return out
+
+
 def device_of(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without any)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -3,7 +3,8 @@
 Subclasses implement one method, ``_batch_matmat(batch, Vs)``: the product of ONE batch's
 curvature (of its own batch loss) with k directions. The base class owns everything else:
 parameter layout and blocks, the data loop and the B/N batch weights, device and dtype,
-the numpy <-> torch boundary, input validation, distributed reduction and finiteness checks.
+the numpy <-> torch boundary, input validation, distributed reduction, finiteness checks,
+stale-parameter detection and column chunking.
 """
 
 from __future__ import annotations
@@ -20,14 +21,58 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvops.distributed import all_reduce_sum
 from curvops.operators import checks
+from curvops.operators._columns import by_chunks
+from curvops.operators.checks import ON_STALE, StaleOperatorError
 from curvops.operators.data import Batch, DataLoop, batch_weight
-from curvops.operators.losses import loss_reduction
-from curvops.operators.params import Blocks, build_layout, flatten, unflatten
+from curvops.operators.losses import loss_reduction, target_checker
+from curvops.operators.params import Blocks, ParameterWatch, build_layout, flatten, unflatten
 
-DEFAULT_MAX_DENSE = 20_000
+DEFAULT_MAX_DENSE = 20_000  # to_dense() refuses larger P: 20,000² float64 numbers are 3.2 GB
+
+__all__ = ["DEFAULT_MAX_DENSE", "CurvatureOperator", "StaleOperatorError", "SymmetricTorchOperator"]
 
 
-class CurvatureOperator(LinearOperator):
+class SymmetricTorchOperator(LinearOperator):
+    """A symmetric scipy LinearOperator whose numpy products go through ``torch_matmat``
+    on ``self.device`` (one host copy each way), with the inputs validated."""
+
+    device: torch.device
+
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matvec(self, x):
+        checks.check_numpy_input(x, self.shape[0])
+        return super().matvec(x)
+
+    def matmat(self, X):
+        checks.check_numpy_input(X, self.shape[0])
+        return super().matmat(X)
+
+    def rmatvec(self, x):
+        return self.matvec(x)  # symmetric
+
+    def rmatmat(self, X):
+        return self.matmat(X)
+
+    def _matvec(self, x):
+        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _matmat(self, X):
+        M = torch.as_tensor(np.ascontiguousarray(X, dtype=self.dtype), device=self.device)
+        return self.torch_matmat(M).cpu().numpy()
+
+    def _rmatvec(self, x):
+        return self._matvec(x)
+
+    def _adjoint(self):
+        return self
+
+    def _transpose(self):
+        return self
+
+
+class CurvatureOperator(SymmetricTorchOperator):
     """Curvature of ``loss_fn(model(X), y)`` over all of ``data``, as a (P, P) LinearOperator.
 
     Args:
@@ -48,9 +93,25 @@ class CurvatureOperator(LinearOperator):
             is not changed.
         reduction: override the loss's reduction ("mean": a batch of B weighs B / N; "sum":
             weight 1); needed only for a plain callable that sums (callables count as "mean").
+        chunk_size: the most columns of a matmat processed at once (None: all k); a matmat
+            with more columns runs chunk by chunk, one data pass per chunk.
+        on_stale: what a product does once the model's parameters or buffers changed since
+            the operator was built or last refreshed (an optimizer step): "recompute" (the
+            default here: the Hessian and GGN follow the current values by construction,
+            cached graphs are checked by value) or "raise" ``StaleOperatorError`` (the
+            operator stands for the curvature at the values it was built with; accept new
+            values with ``op.refresh()``). KFAC / EKFAC recompute their factors.
 
     ``op @ v`` and ``op.matmat(V)`` take numpy (P,) / (P, k); ``op.torch_matmat(M)`` takes a
     torch tensor on ``op.device`` and returns one there, without host copies.
+
+    Precision: float32 or float64 parameters; a float16 / bfloat16 model is refused with a
+    TypeError (analyse a float32 copy: the user's model is never cast).
+    Memory: with c = min(k, chunk_size), a matmat with k columns needs, besides M and the
+    result (P x k each), at most about 4·c·P numbers plus c times the working memory of one
+    column on one batch (Hessian: a backward through the batch's gradient graph; GGN: J v,
+    the loss Hessian and Jᵀ u on the batch's outputs; KFAC / EKFAC: G V A for the largest
+    block), plus one batch's graph and the graph cache (``graph_cache_mib``).
     """
 
     is_psd = False  # positive semi-definite by construction (GGN, Fisher, KFAC, EKFAC)
@@ -70,11 +131,16 @@ class CurvatureOperator(LinearOperator):
         process_group: Any = None,
         reduction: str | None = None,
         math_attention: bool = True,
+        chunk_size: int | None = None,
+        on_stale: str = "recompute",
     ) -> None:
+        checks.check_chunk_size(chunk_size)
+        checks.check_choice("on_stale", on_stale, ON_STALE)
         checks.check_module_modes(model)
-        self.model = model
+        self.model, self.chunk_size, self.on_stale = model, chunk_size, on_stale
         self.loss_fn = loss_fn
         self.reduction = loss_reduction(loss_fn, reduction)
+        self._targets = target_checker(loss_fn)
         self.layout = build_layout(model, params, blocks)
         checks.check_params_finite(self.layout.params, self.layout.names)
         first = self.layout.params[0]
@@ -89,6 +155,7 @@ class CurvatureOperator(LinearOperator):
         super().__init__(
             dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(size, size)
         )
+        self._watch = ParameterWatch(model)
         if check_deterministic:
             self._check_deterministic()
 
@@ -118,7 +185,7 @@ class CurvatureOperator(LinearOperator):
     def unflatten(self, vec) -> list[torch.Tensor]:
         """Flat vector (P,) (numpy or torch) -> tensors shaped like ``op.params``."""
         vec = torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)
-        self._check_length(vec.shape[0] if vec.ndim else -1)
+        checks.check_length(vec.shape[0] if vec.ndim else -1, self.shape[0])
         return unflatten(vec.to(device=self.device, dtype=self.torch_dtype), self.layout)
 
     # ---------------------------------------------------------------- torch fast path
@@ -129,12 +196,17 @@ class CurvatureOperator(LinearOperator):
         one ``all_reduce`` of P x k numbers, whatever the rank's data or column plan.
         """
         M = self._check_torch_input(M)
+        self._ensure_fresh()
         result = self._all_reduce(self._local_matmat(M).contiguous())
         checks.check_finite(result, f"product of {type(self).__name__}")
         return result
 
     def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
-        """This rank's share of A @ M (no reduction); subclasses may split the columns."""
+        """This rank's share of A @ M (no reduction), at most ``chunk_size`` columns at once."""
+        return by_chunks(self._chunk_matmat, M, self.chunk_size)
+
+    def _chunk_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """A @ M for one chunk of columns; subclasses may split it further (ColumnPlan)."""
         return self._data_pass(M)
 
     def _data_pass(self, M: torch.Tensor) -> torch.Tensor:
@@ -157,6 +229,7 @@ class CurvatureOperator(LinearOperator):
 
     def gradient(self) -> torch.Tensor:
         """∇_θ L (P,), the whole-data loss gradient with the same batch weights as the products."""
+        self._ensure_fresh()
         total = [torch.zeros_like(p) for p in self.layout.params]
         for batch in self._loop:
             w = batch_weight(self.reduction, batch.size, self.num_data)
@@ -176,7 +249,11 @@ class CurvatureOperator(LinearOperator):
         raise NotImplementedError(f"{type(self).__name__} must implement _batch_matmat")
 
     def to_dense(self, max_size: int = DEFAULT_MAX_DENSE) -> torch.Tensor:
-        """The (P, P) matrix, column block by column block; refuses P > ``max_size``."""
+        """The (P, P) matrix, column block by column block, for tests and debugging.
+
+        Refuses P > ``max_size`` (default ``DEFAULT_MAX_DENSE`` = 20,000: 3.2 GB in float64)
+        rather than allocate O(P²) memory implicitly; pass a larger max_size to override.
+        """
         P = self.shape[0]
         if max_size < P:
             raise ValueError(
@@ -190,36 +267,31 @@ class CurvatureOperator(LinearOperator):
             [self.torch_matmat(eye[:, i : i + chunk]) for i in range(0, P, chunk)], dim=1
         )
 
-    # ---------------------------------------------------------------- scipy interface
-    def matvec(self, x):
-        self._check_numpy(x)
-        return super().matvec(x)
+    # ---------------------------------------------------------------- staleness
+    @property
+    def is_stale(self) -> bool:
+        """True when the model's parameters or buffers changed since the last refresh."""
+        return self._watch.changed()
 
-    def matmat(self, X):
-        self._check_numpy(X)
-        return super().matmat(X)
+    def refresh(self) -> None:
+        """Accept the parameters' current values (KFAC / EKFAC: recompute their factors)."""
+        self._mark_fresh()
 
-    def rmatvec(self, x):
-        return self.matvec(x)  # symmetric
+    def _mark_fresh(self) -> None:
+        self._watch.mark()
 
-    def rmatmat(self, X):
-        return self.matmat(X)
-
-    def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
-
-    def _matmat(self, X):
-        M = torch.as_tensor(np.ascontiguousarray(X, dtype=self.dtype), device=self.device)
-        return self.torch_matmat(M).cpu().numpy()
-
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _adjoint(self):
-        return self
-
-    def _transpose(self):
-        return self
+    def _ensure_fresh(self) -> None:
+        """Before a product: refuse train-mode layers, then raise or refresh if stale."""
+        checks.check_module_modes(self.model)
+        if not self.is_stale:
+            return
+        if self.on_stale == "raise":
+            raise StaleOperatorError(
+                f"{type(self).__name__} is stale: the model's parameters or buffers changed "
+                "after it was built (e.g. an optimizer step). Call op.refresh() to use the "
+                "current values, or build the operator with on_stale='recompute'"
+            )
+        self.refresh()
 
     # ---------------------------------------------------------------- helpers
     def _forward(self, X):
@@ -230,7 +302,14 @@ class CurvatureOperator(LinearOperator):
         return sdpa_kernel(SDPBackend.MATH) if self.math_attention else nullcontext()
 
     def _batch_loss(self, batch: Batch) -> torch.Tensor:
-        return self.loss_fn(self._forward(batch.X), batch.y)
+        output = self._forward(batch.X)
+        self._check_targets(output, batch.y)
+        return self.loss_fn(output, batch.y)
+
+    def _check_targets(self, output, y) -> None:
+        """Targets that fit the output (shape, class range) for the supported losses."""
+        if self._targets is not None and isinstance(output, torch.Tensor):
+            self._targets.check_targets(output, y)
 
     def _count_data(self, num_data: int | None) -> int:
         if num_data is None:
@@ -243,32 +322,8 @@ class CurvatureOperator(LinearOperator):
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(t, self.process_group)
 
-    def _check_length(self, n: int) -> None:
-        P = self.layout.num_params
-        if n != P:
-            raise ValueError(
-                f"expected a vector of length P={P} (the number of entries in op.params), got "
-                f"{n}; build one with op.flatten(list_of_parameter_shaped_tensors)"
-            )
-
-    def _check_numpy(self, x) -> None:
-        x = np.asarray(x)
-        if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"expected a real floating-point array, got dtype {x.dtype}")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {x.shape}")
-        self._check_length(x.shape[0])
-
     def _check_torch_input(self, M: torch.Tensor) -> torch.Tensor:
-        if not isinstance(M, torch.Tensor):
-            raise TypeError(f"torch_matmat expects a torch.Tensor, got {type(M).__name__}")
-        if M.is_complex() or not M.is_floating_point():
-            raise TypeError(f"expected a real floating-point tensor, got {M.dtype}")
-        if M.ndim not in (1, 2):
-            raise ValueError(
-                f"expected a vector (P,) or a matrix (P, k), got shape {tuple(M.shape)}"
-            )
-        self._check_length(M.shape[0])
+        checks.check_torch_input(M, self.shape[0])
         return M.to(device=self.device, dtype=self.torch_dtype)
 
     def _check_deterministic(self) -> None:

@@ -54,18 +54,30 @@ class DataLoop:
         self.batch_size_fn = batch_size_fn
         self.progress = progress
         self.allow_empty = allow_empty  # a distributed rank may hold no data
+        self.expected: int | None = None  # data points per pass, once counted
 
     def __iter__(self) -> Iterator[Batch]:
         batches = self.data
         if self.progress:
             total = len(self.data) if hasattr(self.data, "__len__") else None
             batches = tqdm(self.data, total=total, desc="curvops batches", leave=False)
-        count = 0
+        count = points = 0
         for index, item in enumerate(batches):
             X, y = _unpack(item, index)
             X, y = self._move(X), self._move(y)
-            yield Batch(X, y, self.batch_size(X), index)
-            count += 1
+            batch = Batch(X, y, self.batch_size(X), index)
+            yield batch
+            count, points = count + 1, points + batch.size
+        self._check_pass(count, points)
+
+    def _check_pass(self, count: int, points: int) -> None:
+        if self.expected is not None and points != self.expected:
+            raise ValueError(
+                f"data yielded {points} data points in this pass but {self.expected} in the "
+                "first one: curvops iterates the data once per product, so it must yield the "
+                "same points every time (not a one-shot iterable, nor a sampler whose "
+                "length changes); pass a list of (X, y) batches or a DataLoader"
+            )
         if count == 0 and not self.allow_empty:
             raise ValueError(
                 "data yielded no batches: pass a non-empty list of (X, y) batches or a DataLoader"
@@ -89,8 +101,10 @@ class DataLoop:
         )
 
     def count(self) -> int:
-        """Number of data points N (one pass over the data, no forward passes)."""
-        return sum(b.size for b in self)
+        """Number of data points (one pass, no forward passes); later passes must match it."""
+        self.expected = None
+        self.expected = sum(b.size for b in self)
+        return self.expected
 
     def _move(self, obj):
         if isinstance(obj, torch.Tensor):

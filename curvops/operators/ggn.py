@@ -38,12 +38,15 @@ class GGNOperator(CurvatureOperator):
             or "reverse" (one backward through the cached graph of Jᵀu, which is linear in u);
             "auto" times both once on the first batch and keeps the faster. Without the
             cache: forward.
-        chunk_size: columns of a matmat multiplied in one batched pass; None chooses by
-            model and timing (see ``curvops.operators._columns.ColumnPlan``).
+        chunk_size: the most columns of a matmat processed at once, all of them in one
+            batched pass (memory: see ``CurvatureOperator``); None chooses by model and
+            timing (see ``curvops.operators._columns.ColumnPlan``).
         graph_cache_mib: each batch's output graph is kept between products, up to this
             many MiB, while the parameters, buffers, module modes and data tensors stay the
             same (checked on every product; 0 turns it off). A product then needs no forward
             pass with jvp="reverse", and never a new graph for Jᵀ U.
+        on_stale: "recompute" (default: products follow the parameters' current values) or
+            "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
     ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss or nn.BCEWithLogitsLoss (mean or
     sum); other keyword arguments: see ``CurvatureOperator``.
     """
@@ -69,8 +72,6 @@ class GGNOperator(CurvatureOperator):
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         self.output_loss = output_loss(loss_fn)
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         if jvp not in JVP_METHODS:
             raise ValueError(f"jvp must be one of {JVP_METHODS}, got {jvp!r}")
         self.mode, self.mc_samples, self.seed = mode, mc_samples, seed
@@ -79,9 +80,9 @@ class GGNOperator(CurvatureOperator):
         self._cache = GraphCache(model, graph_cache_mib)
         self._plan = ColumnPlan(device_of(model), model, chunk_size)
         self._columns: list = []
-        super().__init__(model, loss_fn, data, **kwargs)
+        super().__init__(model, loss_fn, data, chunk_size=chunk_size, **kwargs)
 
-    def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
+    def _chunk_matmat(self, M: torch.Tensor) -> torch.Tensor:
         if M.ndim == 2:
             return self._plan.matmat(self._product, M, self._cache)
         return self._product(M)

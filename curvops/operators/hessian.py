@@ -19,8 +19,11 @@ class HessianOperator(CurvatureOperator):
     ``hvp``: "double_backward" (the default: one forward + backward with graph per batch,
     then a second backward per column; measured cheapest on every reference problem) or
     "forward_over_reverse" (``torch.func.jvp`` of ``grad``, vmapped over the columns).
-    ``chunk_size``: columns multiplied in one batched pass; None chooses by model and timing
-    (see ``curvops.operators._columns.ColumnPlan``).
+    ``chunk_size``: the most columns of a matmat processed at once, all of them in one
+    batched pass (memory: see ``CurvatureOperator``); None chooses by model and timing (see
+    ``curvops.operators._columns.ColumnPlan``).
+    ``on_stale``: "recompute" (default: products follow the parameters' current values) or
+    "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
     ``graph_cache_mib``: double backward keeps each batch's gradient graph between products,
     up to this many MiB, while the parameters, buffers, module modes and data tensors stay
     the same (checked on every product; 0 turns it off). A product then costs one second
@@ -43,15 +46,13 @@ class HessianOperator(CurvatureOperator):
     ) -> None:
         if hvp not in HVP_METHODS:
             raise ValueError(f"hvp must be one of {HVP_METHODS}, got {hvp!r}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         self.hvp, self.chunk_size = hvp, chunk_size
         self._columns: list = []
         self._cache = GraphCache(model, graph_cache_mib)
         self._plan = ColumnPlan(device_of(model), model, chunk_size)
-        super().__init__(model, loss_fn, data, **kwargs)
+        super().__init__(model, loss_fn, data, chunk_size=chunk_size, **kwargs)
 
-    def _local_matmat(self, M: torch.Tensor) -> torch.Tensor:
+    def _chunk_matmat(self, M: torch.Tensor) -> torch.Tensor:
         if self.hvp == "double_backward" and M.ndim == 2:
             return self._plan.matmat(self._product, M, self._cache)
         return self._product(M)
@@ -110,6 +111,7 @@ class HessianOperator(CurvatureOperator):
 
         def loss_of(*ps):
             output = functional_call(self.model, dict(zip(names, ps)), (batch.X,))
+            self._check_targets(output, batch.y)
             return self.loss_fn(output, batch.y)
 
         gradient = grad(loss_of, argnums=tuple(range(len(primals))))

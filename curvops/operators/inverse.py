@@ -14,13 +14,14 @@ import scipy.sparse.linalg as sla
 import torch
 
 from curvops.linalg._matmat import torch_matmat
+from curvops.operators.base import SymmetricTorchOperator
 
 
 class InverseNotConvergedWarning(UserWarning):
     """A Krylov solve stopped before reaching its tolerance."""
 
 
-class DampedInverse(sla.LinearOperator):
+class DampedInverse(SymmetricTorchOperator):
     """(A + λI)⁻¹ as a LinearOperator; each product is one Krylov solve per column.
 
     ``method``: "cg" (A must be PSD: GGN, Fisher, KFAC), "minres" (any symmetric A), or
@@ -28,8 +29,11 @@ class DampedInverse(sla.LinearOperator):
     """
 
     def __init__(self, A, damping: float, method: str = "auto", tol: float = 1e-8, maxiter=None):
-        if damping < 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
+        if not 0 <= damping < float("inf"):
+            raise ValueError(
+                f"damping must be >= 0 and finite (the λ of (A + λI)⁻¹), got {damping}; a "
+                "negative λ can make A + λI singular or indefinite"
+            )
         if method not in ("auto", "cg", "minres"):
             raise ValueError(f"method must be 'auto', 'cg' or 'minres', got {method!r}")
         if method == "auto":
@@ -48,16 +52,6 @@ class DampedInverse(sla.LinearOperator):
         B = (B.unsqueeze(1) if squeeze else B).to(self.device, self.torch_dtype)
         X = self._cg(B) if self.method == "cg" else self._minres(B)
         return X.squeeze(1) if squeeze else X
-
-    def _matmat(self, B):
-        B = torch.as_tensor(np.asarray(B, dtype=self.dtype), device=self.device)
-        return self.torch_matmat(B).cpu().numpy()
-
-    def _matvec(self, b):
-        return self._matmat(np.asarray(b).reshape(-1, 1)).reshape(-1)
-
-    def _adjoint(self):
-        return self
 
     def _apply(self, X: torch.Tensor) -> torch.Tensor:
         return self._mm(X) + self.damping * X

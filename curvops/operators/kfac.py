@@ -30,8 +30,10 @@ class KFACOperator(KroneckerOperator):
         approx: "expand" or "reduce" for weights shared over R positions (tokens, pixels).
         separate_weight_and_bias: one block per weight and per bias (True) or one joint block
             per layer, inputs augmented with a 1 (False).
-        on_stale: after the parameters changed, products "raise" ``StaleOperatorError`` or
-            "recompute" the factors.
+        on_stale: once the model's parameters or buffers changed (an optimizer step),
+            products and closed forms "raise" ``StaleOperatorError`` (the default) or
+            "recompute" the factors; ``op.refresh()`` recomputes them on demand.
+        chunk_size: the most columns of a matmat (or of an inverse product) multiplied at once.
         params, num_data, batch_size_fn, progress, check_deterministic, process_group: see
             ``CurvatureOperator``. With a process group all factors are summed in one
             ``all_reduce`` at construction; every rank then holds the same factors and

@@ -2,9 +2,9 @@
 
 Subclasses compute their ``KroneckerBlock`` list in ``compute()`` from the data (once, at
 construction); products, the damped inverse, trace, log-determinant and Frobenius norm then
-use only the blocks. The operator records the parameters' version counters: after they
-change (an optimizer step), a product recomputes (``on_stale="recompute"``) or raises
-``StaleOperatorError`` (``on_stale="raise"``, the default).
+use only the blocks. After the model's parameters or buffers change (an optimizer step;
+see ``ParameterWatch``), a product recomputes (``on_stale="recompute"``) or raises
+``StaleOperatorError`` (``on_stale="raise"``, the default here).
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 
 from curvops.operators import checks
-from curvops.operators.base import CurvatureOperator
+from curvops.operators._columns import by_chunks
+from curvops.operators.base import CurvatureOperator, StaleOperatorError, SymmetricTorchOperator
 from curvops.operators.kfac_factors import (
     FISHER_TYPES,
     BatchCollector,
@@ -29,11 +28,8 @@ from curvops.operators.kronecker import KroneckerBlock
 from curvops.operators.losses import output_loss
 
 APPROX = ("expand", "reduce")
-ON_STALE = ("raise", "recompute")
 
-
-class StaleOperatorError(RuntimeError):
-    """The model's parameters changed after the factors were computed."""
+__all__ = ["KroneckerInverse", "KroneckerOperator", "StaleOperatorError"]
 
 
 class KroneckerOperator(CurvatureOperator):
@@ -53,6 +49,7 @@ class KroneckerOperator(CurvatureOperator):
         approx: str = "expand",
         separate_weight_and_bias: bool = True,
         on_stale: str = "raise",
+        chunk_size: int | None = None,
         params=None,
         num_data: int | None = None,
         batch_size_fn=None,
@@ -61,13 +58,12 @@ class KroneckerOperator(CurvatureOperator):
         process_group: Any = None,
         math_attention: bool = True,
     ) -> None:
-        _check_choice("fisher", fisher, FISHER_TYPES)
-        _check_choice("approx", approx, APPROX)
-        _check_choice("on_stale", on_stale, ON_STALE)
+        checks.check_choice("fisher", fisher, FISHER_TYPES)
+        checks.check_choice("approx", approx, APPROX)
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         self.fisher, self.mc_samples, self.seed, self.approx = fisher, mc_samples, seed, approx
-        self.separate_weight_and_bias, self.on_stale = separate_weight_and_bias, on_stale
+        self.separate_weight_and_bias = separate_weight_and_bias
         loss = output_loss(loss_fn)
         params = list(params) if params is not None else None
         chosen = params or [p for p in model.parameters() if p.requires_grad]
@@ -75,7 +71,8 @@ class KroneckerOperator(CurvatureOperator):
         super().__init__(
             model, loss_fn, data, params=params, blocks=param_blocks(groups, separate_weight_and_bias),
             num_data=num_data, batch_size_fn=batch_size_fn, progress=progress,
-            process_group=process_group, math_attention=math_attention,
+            process_group=process_group, math_attention=math_attention, chunk_size=chunk_size,
+            on_stale=on_stale,
         )  # fmt: skip
         index_of = {id(p): i for i, p in enumerate(self.layout.params)}
         self.layers = make_layers(groups, index_of, separate_weight_and_bias)
@@ -102,27 +99,9 @@ class KroneckerOperator(CurvatureOperator):
     def _set_state_tensors(self, layers: dict[str, dict[str, torch.Tensor]]) -> None:
         raise NotImplementedError
 
-    # ---------------------------------------------------------------- staleness
-    def _fingerprint(self) -> tuple:
-        return tuple((p._version, p.data_ptr()) for p in self.layout.params)
-
-    def _mark_fresh(self) -> None:
-        self._fresh_at = self._fingerprint()
-
-    @property
-    def is_stale(self) -> bool:
-        """True when the parameters changed since the factors were computed."""
-        return self._fingerprint() != self._fresh_at
-
     def _current_blocks(self) -> list[KroneckerBlock]:
-        if self.is_stale:
-            if self.on_stale == "raise":
-                raise StaleOperatorError(
-                    f"{type(self).__name__} is stale: the model's parameters changed after its "
-                    "factors were computed (e.g. an optimizer step). Call op.refresh(), or build "
-                    "the operator with on_stale='recompute'"
-                )
-            self.refresh()
+        """The blocks, recomputed first (or refused) if the model changed since (see base)."""
+        self._ensure_fresh()
         return self._blocks
 
     # ---------------------------------------------------------------- products
@@ -131,10 +110,16 @@ class KroneckerOperator(CurvatureOperator):
         return self._apply(M, lambda blk, V: blk.matmat(V), f"product of {type(self).__name__}")
 
     def _apply(self, M: torch.Tensor, fn, what: str) -> torch.Tensor:
+        """fn(block, V) for every block, ``chunk_size`` columns of M at a time."""
         M = self._check_torch_input(M)
         blocks = self._current_blocks()
         squeeze = M.ndim == 1
         M = M.unsqueeze(1) if squeeze else M
+        out = by_chunks(lambda C: self._apply_blocks(blocks, C, fn), M, self.chunk_size)
+        checks.check_finite(out, what)
+        return out.squeeze(1) if squeeze else out
+
+    def _apply_blocks(self, blocks: list[KroneckerBlock], M: torch.Tensor, fn) -> torch.Tensor:
         out = torch.zeros_like(M)
         slices, k = self.layout.slices, M.shape[1]
         for blk in blocks:
@@ -144,8 +129,7 @@ class KroneckerOperator(CurvatureOperator):
             widths = [self.layout.sizes[i] // D2 for i in blk.params]
             for i, part in zip(blk.params, torch.split(R, widths, dim=2)):
                 out[slices[i]] = part.reshape(k, -1).T
-        checks.check_finite(out, what)
-        return out.squeeze(1) if squeeze else out
+        return out
 
     def inverse(self, damping: float, heuristic: bool = False) -> KroneckerInverse:
         """(K + δI)⁻¹ as a LinearOperator, exact through the factors' eigendecompositions.
@@ -153,10 +137,7 @@ class KroneckerOperator(CurvatureOperator):
         ``heuristic=True`` (KFAC only) gives the cheaper, approximate π-damped inverse
         (G + √δ/π I)⁻¹ ⊗ (A + π√δ I)⁻¹ of Martens & Grosse (2015), π² = (tr A/D₁)/(tr G/D₂).
         """
-        damping = float(damping)
-        if not damping >= 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
-        return KroneckerInverse(self, damping, heuristic)
+        return KroneckerInverse(self, _check_damping(damping), heuristic)
 
     # ---------------------------------------------------------------- closed forms
     def trace(self) -> float:
@@ -169,9 +150,8 @@ class KroneckerOperator(CurvatureOperator):
 
     def logdet(self, damping: float = 0.0) -> float:
         """log det(K + δI) = Σ log(λ_G λ_Aᵀ + δ) (EKFAC: Σ log(E + δ)); -inf if singular."""
-        if not damping >= 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
-        return sum(blk.logdet(float(damping)) for blk in self._current_blocks())
+        damping = _check_damping(damping)
+        return sum(blk.logdet(damping) for blk in self._current_blocks())
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -215,7 +195,7 @@ class KroneckerOperator(CurvatureOperator):
         self._mark_fresh()
 
 
-class KroneckerInverse(LinearOperator):
+class KroneckerInverse(SymmetricTorchOperator):
     """(K + δI)⁻¹ of a Kronecker operator, following its current factors (see ``inverse``)."""
 
     def __init__(self, op: KroneckerOperator, damping: float, heuristic: bool) -> None:
@@ -230,20 +210,12 @@ class KroneckerInverse(LinearOperator):
             "damped inverse product",
         )
 
-    def _matmat(self, X):
-        M = torch.as_tensor(np.ascontiguousarray(X, dtype=self.dtype), device=self.device)
-        return self.torch_matmat(M).cpu().numpy()
 
-    def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
-
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _adjoint(self):
-        return self
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+def _check_damping(damping) -> float:
+    damping = float(damping)
+    if not damping >= 0 or damping == float("inf"):
+        raise ValueError(
+            f"damping must be >= 0 and finite (the δ of (K + δI)⁻¹), got {damping}; "
+            "K is only positive semi-definite, so a negative δ can make K + δI singular"
+        )
+    return damping

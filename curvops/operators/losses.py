@@ -213,6 +213,14 @@ def output_loss(loss_fn) -> OutputLoss:
     )
 
 
+def target_checker(loss_fn) -> OutputLoss | None:
+    """The closed form of a supported loss, to check targets against outputs; else None."""
+    try:
+        return output_loss(loss_fn)
+    except ValueError:
+        return None
+
+
 def _feature_eye(f: torch.Tensor) -> torch.Tensor:
     """(K, *f.shape) with a 1 where the last axis equals k (K = f.shape[-1]; K = 1 for (B,))."""
     if f.ndim < 2:

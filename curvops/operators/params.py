@@ -152,3 +152,47 @@ def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 def unflatten(vec: torch.Tensor, layout: ParameterLayout) -> list[torch.Tensor]:
     """Split a flat vector (P,) into views shaped like ``layout.params``."""
     return [vec[s].view_as(p) for s, p in zip(layout.slices, layout.params)]
+
+
+class ParameterWatch:
+    """Notices whether a model's parameters or buffers changed since ``mark()``.
+
+    Cheap (O(P), no copy of the values): per tensor its version counter and storage (every
+    in-place update, optimizer step, ``load_state_dict`` or reassigned ``.data``) and its sum
+    and norm (edits through ``p.data``, which bypass the version counter). A change that
+    keeps all of these equal goes unnoticed; any real training step changes them.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.mark()
+
+    def mark(self) -> None:
+        """Accept the current values."""
+        self._seen = self._state()
+
+    def changed(self) -> bool:
+        ids, sums = self._state()
+        old_ids, old_sums = self._seen
+        same = (sums == old_sums) | (sums.isnan() & old_sums.isnan())
+        return ids != old_ids or not bool(same.all())
+
+    def _state(self) -> tuple[tuple, torch.Tensor]:
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        ids = tuple((t._version, t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
+        if not tensors:
+            return ids, torch.zeros(0, dtype=torch.float64)
+        device = tensors[0].device
+        with torch.no_grad():
+            sums = torch.stack([_checksum(t.detach()).to(device) for t in tensors])
+        return ids, sums
+
+
+def _checksum(t: torch.Tensor) -> torch.Tensor:
+    """(sum, norm) of a tensor in float64, computed in its own dtype (no upcast copy)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if not t.is_floating_point():
+        s = t.sum(dtype=torch.float64)
+        return torch.stack([s, s])
+    return torch.stack([t.sum(), torch.linalg.vector_norm(t)]).to(torch.float64)
