@@ -115,7 +115,8 @@ def thick_restart_lanczos(
     Basis of ncv vectors; at each restart keeps the k + (ncv − k)//2 best Ritz vectors.
     A pair is converged when its residual β_m |s_mi| <= tol · ‖A‖, with ‖A‖ estimated by
     the largest |Ritz value| seen. ``max_iter`` restart cycles at most. Returns
-    (θ (k,), X (P, k) on the device, converged (k,), the ‖A‖ estimate).
+    (θ (k,), X (P, k) on the device, converged (k,), the ‖A‖ estimate, A X (P, k)), A X
+    from the Lanczos relation A V = V T + β v_m e_mᵀ: X θ + β v_m s_mᵀ, no extra product.
     """
     m, P = ncv, A.size
     V = torch.zeros(m + 1, P, 1, dtype=A.dtype, device=A.device)
@@ -143,4 +144,7 @@ def thick_restart_lanczos(
         T[0, keep_n, :keep_n] = T[0, :keep_n, keep_n] = coupling
         p = keep_n
     Sw = torch.as_tensor(S[:, want], dtype=A.dtype, device=A.device)
-    return theta[want], V[:m, :, 0].T @ Sw, converged, anorm
+    X = V[:m, :, 0].T @ Sw
+    AX = X * torch.as_tensor(theta[want], dtype=A.dtype, device=A.device)
+    AX += V[m] * torch.as_tensor(beta * S[m - 1, want], dtype=A.dtype, device=A.device)
+    return theta[want], X, converged, anorm, AX

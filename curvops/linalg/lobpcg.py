@@ -74,7 +74,7 @@ def lobpcg(
     """k wanted pairs of A from the block X0 (P, b), b >= k, by LOBPCG.
 
     Converged: ‖A x − θ x‖ <= tol · ‖A‖, ‖A‖ estimated by the largest |Ritz value| seen.
-    Returns (θ (k,), X (P, k), converged (k,), the ‖A‖ estimate).
+    Returns (θ (k,), X (P, k), converged (k,), the ‖A‖ estimate, A X (P, k) as tracked).
     """
     X = _orthonormalize(X0, [])
     AX = A(X)
@@ -104,4 +104,4 @@ def lobpcg(
     R = AX[:, want] - Xw * torch.as_tensor(theta_w, dtype=A.dtype, device=A.device)
     res = R.norm(dim=0).to(torch.float64).cpu().numpy()
     converged = res <= tol * max(anorm, np.finfo(float).tiny)
-    return theta_w, Xw, converged, anorm
+    return theta_w, Xw, converged, anorm, AX[:, want]
