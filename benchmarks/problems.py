@@ -106,6 +106,27 @@ def digits(quick: bool = False) -> Problem:
     return Problem("digits", model, loss_fn, _split(X, y, 448))
 
 
+def digits_small(quick: bool = False) -> Problem:
+    """64-32-16-10 tanh MLP (P = 2,778) trained 200 full-batch Adam steps on sklearn digits:
+    small enough for dense curvature blocks (the KFAC / EKFAC Frobenius errors)."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    raw = load_digits()
+    X = torch.tensor(raw.data, dtype=torch.float32)[:1792] / 16.0
+    y = torch.tensor(raw.target, dtype=torch.long)[:1792]
+    model = nn.Sequential(
+        nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10)
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        loss_fn(model(X), y).backward()
+        opt.step()
+    return Problem("digits_small", model, loss_fn, _split(X, y, 448))
+
+
 def cnn(quick: bool = False) -> Problem:
     """Two conv layers + linear head on 512 random 3x32x32 images (P = 25,578), batches of 128."""
     torch.manual_seed(0)
