@@ -42,7 +42,7 @@ class DataLoop:
         progress: bool = False,
         allow_empty: bool = False,
     ) -> None:
-        if iter(data) is data:
+        if isinstance(data, Iterator):  # never call iter() here: it may consume the data
             raise TypeError(
                 "data is an iterator (e.g. a generator) that would be exhausted after one pass; "
                 "curvops iterates the data once per product: pass a list of (X, y) batches or a "

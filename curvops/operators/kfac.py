@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from curvops.distributed import all_reduce_sum_many
+from curvops.operators import checks
 from curvops.operators.data import batch_weight
 from curvops.operators.kfac_layers import Layer, augment
 from curvops.operators.kronecker import KroneckerBlock, SymFactor
@@ -46,7 +47,7 @@ class KFACOperator(KroneckerOperator):
         """Recompute every layer's G and A at the current parameters (replaces, never adds)."""
         sums = [self._zeros(layer) for layer in self.layers]
         for batch in self._loop:
-            inputs, chunks = self._collector(batch, self._batch_weight(batch))
+            inputs, chunks = self._collector(batch, self._batch_weight(batch), max_columns=1)
             for acc, layer, a in zip(sums, self.layers, inputs):
                 if a is not None:
                     _accumulate_inputs(acc, layer, a, self.approx)
@@ -64,6 +65,8 @@ class KFACOperator(KroneckerOperator):
                     "factors for it (a weight used functionally, e.g. inside "
                     "nn.MultiheadAttention, is not seen). Pass params= without its parameters"
                 )
+            checks.check_finite(G, f"output-gradient factor G of layer '{layer.name}'")
+            checks.check_finite(A, f"input factor A of layer '{layer.name}'")
             self.G.append(G)
             self.A.append(A / count if layer.weight is not None else None)
         self._build_blocks()
@@ -121,8 +124,16 @@ def _accumulate_inputs(acc: list, layer: Layer, a: torch.Tensor, approx: str) ->
 
 
 def _accumulate_grads(acc: list, b: torch.Tensor, approx: str) -> None:
-    """Add one chunk of output gradients b (K', B, R, D₂) into G = acc[0]."""
+    """Add one chunk of output gradients b (K', B, R, D₂) into G = acc[0].
+
+    A conv layer's b is a view of (K', B, D₂, R) (positions contiguous); flattening it to
+    (K'·B·R, D₂) would copy it whole, so G is summed from per-example products in place.
+    """
     if approx == "reduce":
         b = b.sum(dim=2, keepdim=True)
+    if b.shape[2] > 1 and b.stride(-1) != 1:
+        bt = b.transpose(-1, -2).reshape(-1, b.shape[-1], b.shape[-2])  # (K'·B, D₂, R)
+        acc[0].add_(torch.bmm(bt, bt.transpose(1, 2)).sum(0))
+        return
     b2 = b.reshape(-1, b.shape[-1])
     acc[0].add_(b2.T @ b2)

@@ -171,7 +171,10 @@ class KroneckerOperator(CurvatureOperator):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore factors saved by ``state_dict``; refuses factors that do not fit the model."""
         if state.get("kind") != type(self).__name__:
-            raise ValueError(f"state of a {state.get('kind')!r}, not of a {type(self).__name__}")
+            raise ValueError(
+                f"this is the state of a {state.get('kind')!r}, not of a {type(self).__name__}: "
+                "load a state saved by the same operator class"
+            )
         mine, theirs = self._state_tensors(), state["layers"]
         if set(mine) != set(theirs):
             raise ValueError(
