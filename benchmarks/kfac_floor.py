@@ -94,13 +94,13 @@ class FloorKFAC:
             for bs in per_class:
                 for i, (a, b) in enumerate(zip(acts, bs)):
                     QG, QA = bases[i]
-                    bt = b.double() @ QG
-                    g = bt.transpose(1, 2) @ (a.double() @ QA)  # (B, D₂, D₁) per example
-                    E[i][0] = E[i][0] + g.square().sum(0)
+                    bt, at = b.double() @ QG, a.double() @ QA
+                    E[i][0] = E[i][0] + _squared_grads(bt, at)
                     E[i][1] = E[i][1] + bt.sum(1).square().sum(0)  # bias: input 1, basis [1]
         return [(QG, QA, e[0], e[1]) for (QG, QA), e in zip(bases, E)]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The approximation times v (P,), in float64 (v's dtype on return)."""
         out, offset, parts = torch.zeros_like(v, dtype=torch.float64), 0, []
         for i, m in enumerate(self.layers):
             W = m.weight.reshape(m.weight.shape[0], -1)
@@ -129,3 +129,11 @@ class FloorKFAC:
         if part == 1:
             return QG @ ((QG.T @ V) * Eb.unsqueeze(1))
         return QG @ ((QG.T @ V @ QA) * Ew) @ QA.T
+
+
+def _squared_grads(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Σ_n (Σ_r bt_nr at_nrᵀ)² for bt (B, R, D₂), at (B, R, D₁); with R = 1 the square of an
+    outer product is the outer product of the squares, (bt²)ᵀ at² (no (B, D₂, D₁) tensor)."""
+    if bt.shape[1] == 1:
+        return bt[:, 0].square().T @ at[:, 0].square()
+    return (bt.transpose(1, 2) @ at).square().sum(0)

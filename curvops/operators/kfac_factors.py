@@ -136,7 +136,9 @@ class BatchCollector:
         self.fisher, self.mc_samples, self.seed = fisher, mc_samples, seed
         self.max_columns = max_columns
 
-    def __call__(self, batch: Batch, weight: float):
+    def __call__(self, batch: Batch, weight: float, max_columns: int | None = None):
+        """(inputs, chunks) of one batch; ``max_columns`` overrides the chunk size (1: no
+        stacking of the per-vector gradients, the cheapest when each chunk is summed anyway)."""
         capture = _Capture(self.layers)
         with capture.active(), torch.enable_grad(), self.forward_context():
             f = self.forward(batch.X)
@@ -147,7 +149,8 @@ class BatchCollector:
             )
         self.loss.check_targets(f, batch.y)
         inputs = [capture.inputs.get(i) for i in range(len(self.layers))]
-        return inputs, self._chunks(f, capture.outputs, self.vectors(f.detach(), batch, weight))
+        U = self.vectors(f.detach(), batch, weight, max_columns or self.max_columns)
+        return inputs, self._chunks(f, capture.outputs, U)
 
     def _chunks(self, f: torch.Tensor, outputs: dict[int, torch.Tensor], columns):
         called = sorted(outputs)
@@ -160,19 +163,21 @@ class BatchCollector:
                 result[i] = output_grads(self.layers[i].module, g)
             yield result
 
-    def vectors(self, f: torch.Tensor, batch: Batch, weight: float) -> Iterator[torch.Tensor]:
+    def vectors(
+        self, f: torch.Tensor, batch: Batch, weight: float, max_columns: int
+    ) -> Iterator[torch.Tensor]:
         """Chunks (K', *f.shape) of the output-space vectors whose backpropagations build G."""
         loss, y = self.loss, batch.y
         scale = weight * loss.scale(f, y)
         if self.fisher == "type2":
             U = loss.hessian_sqrt(f, y) * math.sqrt(scale)
-            return _split_by_term(U, loss.term_axes(f), self.max_columns)
+            return _split_by_term(U, loss.term_axes(f), max_columns)
         if self.fisher == "mc":
             gen = sample_generator(self.seed, batch, f.device)
             U = loss.sampled_grads(f, y, self.mc_samples, gen) * math.sqrt(scale / self.mc_samples)
         else:
             U = loss.true_grads(f, y).unsqueeze(0) * math.sqrt(scale)
-        return iter(torch.split(U, self.max_columns))
+        return iter(torch.split(U, max_columns))
 
 
 def _split_by_term(U: torch.Tensor, axes: tuple[int, ...], max_columns: int):
@@ -203,4 +208,6 @@ def _backprop(f: torch.Tensor, outputs: list[torch.Tensor], U: torch.Tensor):
             f, outputs, grad_outputs=u, retain_graph=True, allow_unused=True
         )
         per_k.append([torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)])
+    if len(per_k) == 1:  # a view, no copy
+        return [g.unsqueeze(0) for g in per_k[0]]
     return [torch.stack([gs[j] for gs in per_k]) for j in range(len(outputs))]
