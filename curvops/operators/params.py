@@ -157,10 +157,10 @@ def unflatten(vec: torch.Tensor, layout: ParameterLayout) -> list[torch.Tensor]:
 class ParameterWatch:
     """Notices whether a model's parameters or buffers changed since ``mark()``.
 
-    Cheap (O(P), no copy of the values): per tensor its version counter and storage (every
-    in-place update, optimizer step, ``load_state_dict`` or reassigned ``.data``) and its sum
-    and norm (edits through ``p.data``, which bypass the version counter). A change that
-    keeps all of these equal goes unnoticed; any real training step changes them.
+    Cheap (O(P) reads, no copy of the values): per tensor its version counter and storage
+    (every in-place update, optimizer step, ``load_state_dict`` or reassigned ``.data``) and
+    its L1 and L2 norms (edits through ``p.data``, which bypass the version counter). Only an
+    edit through ``.data`` that keeps both norms (e.g. a sign flip) goes unnoticed.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -172,27 +172,20 @@ class ParameterWatch:
         self._seen = self._state()
 
     def changed(self) -> bool:
-        ids, sums = self._state()
-        old_ids, old_sums = self._seen
-        same = (sums == old_sums) | (sums.isnan() & old_sums.isnan())
-        return ids != old_ids or not bool(same.all())
+        ids, norms = self._state()
+        old_ids, old_norms = self._seen
+        if ids != old_ids:
+            return True
+        same = (norms == old_norms) | (norms.isnan() & old_norms.isnan())
+        return not bool(same.all())
 
     def _state(self) -> tuple[tuple, torch.Tensor]:
-        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
         ids = tuple((t._version, t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
-        if not tensors:
+        values = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+        if not values:
             return ids, torch.zeros(0, dtype=torch.float64)
-        device = tensors[0].device
+        device = values[0].device
         with torch.no_grad():
-            sums = torch.stack([_checksum(t.detach()).to(device) for t in tensors])
-        return ids, sums
-
-
-def _checksum(t: torch.Tensor) -> torch.Tensor:
-    """(sum, norm) of a tensor in float64, computed in its own dtype (no upcast copy)."""
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if not t.is_floating_point():
-        s = t.sum(dtype=torch.float64)
-        return torch.stack([s, s])
-    return torch.stack([t.sum(), torch.linalg.vector_norm(t)]).to(torch.float64)
+            norms = [*torch._foreach_norm(values, 1), *torch._foreach_norm(values, 2)]
+            return ids, torch.stack([n.to(device, torch.float64) for n in norms])
