@@ -5,7 +5,7 @@ export NO_MKDOCS_2_WARNING := 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint format bench clean
+.PHONY: demo test docs lint format bench bench-check bench-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,22 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# CI: the quick benchmark (< 3 min); fails only if a curvops result is WRONG, never on speed.
+# Peers that are not installed are skipped with a note.
+bench-check: $(STAMP)
+	$(BIN)/python benchmarks/run.py --quick --check
+
+# The peers in their own venv (.venv-bench), --no-deps so torch stays at 2.13.0 (no
+# torchvision: PyPI's breaks beside it); then: .venv-bench/bin/python benchmarks/run.py
+BENCH_PEERS := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 einconv==0.1.0 \
+	unfoldNd==0.2.3 linear_operator==0.6.1 opt_einsum==3.4.0 PyHessian==0.1 \
+	hessian-eigenthings==1.0.0a5 nngeometry==0.4
+bench-venv:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q "torch==2.13.0"
+	.venv-bench/bin/python -m pip install -q -e ".[plot]" scikit-learn
+	.venv-bench/bin/python -m pip install -q --no-deps $(BENCH_PEERS)
 
 clean:
 	rm -rf $(VENV) demo_output build

@@ -1,6 +1,12 @@
 """curvops benchmark: full-data Hessian / GGN products against the torch floor and the peers.
 
 python benchmarks/run.py [--quick] [--check] [--json OUT] [--device cpu|cuda] [--threads 1]
+                         [--no-eigen] [--no-kfac]
+
+Three sections: the products (this file), top-10 eigenvalues (benchmarks/eigen.py) and
+KFAC / EKFAC construction (benchmarks/kfac.py). Peers that are not installed are skipped
+with a note. ``--check`` exits 1 when a curvops result in any section is WRONG (never for
+speed).
 
 Every ratio is taken within one run, from medians of interleaved rounds: "x grad" divides
 by one full-data gradient (``loss.backward()`` over the same batches), "x peer" by the
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks import floor  # noqa: E402
+from benchmarks import eigen, floor, kfac  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem  # noqa: E402
 from benchmarks.timing import interleaved_medians  # noqa: E402
 from benchmarks.tools import FLOOR, MATMAT_PEERS, add_before, build_all  # noqa: E402
@@ -69,6 +75,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--before", help="directory with an older hessian.py / ggn.py to compare")
     p.add_argument("--table", type=Path, help="print the table of a saved --json run and exit")
+    p.add_argument("--eigen", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--kfac", action=argparse.BooleanOptionalAction, default=True)
     return p.parse_args(argv)
 
 
@@ -202,13 +210,33 @@ def main(argv=None) -> int:
     if args.memory if args.memory is not None else not args.quick:
         measure_memory(rows, args)
     print_table(rows)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    _save(args.json, rows)
     wrong = [r for r in rows if not r.ok and not r.peer]
     for r in wrong:
         print(f"WRONG: {r.problem} {r.curvature} {r.tool} k={r.k}: rel. error {r.rel_error:.1e}")
+    wrong += _sections(args)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 1 if args.check and wrong else 0
+
+
+def _sections(args: argparse.Namespace) -> list:
+    """The eigen and KFAC sections (their own problems, quick or full); curvops's WRONG rows."""
+    wrong = []
+    for name, module in (("eigen", eigen), ("kfac", kfac)):
+        if not getattr(args, name):
+            continue
+        sub = argparse.Namespace(quick=args.quick, device=args.device, problems=None)
+        sub.rounds, sub.kfac_problems, sub.memory = None, None, None
+        rows = module.run(sub)
+        module.print_table(rows)
+        _save(args.json and args.json.with_name(f"{args.json.stem}_{name}.json"), rows)
+        wrong += module.wrong(rows)
+    return wrong
+
+
+def _save(path: Path | None, rows: list) -> None:
+    if path:
+        path.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":
