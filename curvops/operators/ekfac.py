@@ -75,17 +75,21 @@ class EKFACOperator(KFACOperator):
             [blk.G.mat.new_zeros(blk.shape) for blk in self._layer_blocks(i)]
             for i in range(len(self.layers))
         ]
+        columns, self._wide_gramian = None, False  # default chunks until strategies are known
         for batch in self._loop:
-            inputs, chunks = self._collector(batch, self._batch_weight(batch))
+            inputs, chunks = self._collector(batch, self._batch_weight(batch), columns)
             rotated = [self._rotated_inputs(i, a) for i, a in enumerate(inputs)]
             for bs in chunks:
                 for i, b in enumerate(bs):
                     if b is None:
                         continue
-                    bt = b @ self._bases[i][0][1]  # (K', B, R, D₂) in the basis of G
+                    bt = _rotate(b, self._bases[i][0][1])  # (K', B, R, D₂) in the basis of G
                     names = [self.layout.names[blk.params[0]] for blk in self._layer_blocks(i)]
                     for e, at, name in zip(E[i], rotated[i], names):
                         e += self._correct(name, bt, at)
+            # chunks of one vector need no stacking; only a Gramian over R > 1 positions gains
+            # from summing many vectors before its product
+            columns = None if self._wide_gramian else 1
         flat = iter(all_reduce_sum_many([e for parts in E for e in parts], self.process_group))
         return [[next(flat) for _ in parts] for parts in E]
 
@@ -115,6 +119,7 @@ class EKFACOperator(KFACOperator):
         if strategy == "auto":
             strategy = "gramian" if R * R * (D1 + D2) < D1 * D2 else "per_example"
         self.strategies[name] = strategy
+        self._wide_gramian |= strategy == "gramian" and R > 1
         return (
             gramian_correction(bt, at) if strategy == "gramian" else per_example_correction(bt, at)
         )
@@ -138,6 +143,14 @@ class EKFACOperator(KFACOperator):
             self._bases.append((_with_values(G, st["Q_G"]), basis_a))
             self.E.append([st[k] for k in sorted(st) if k.startswith("E")])
         self._build_blocks(self.E, self._bases)
+
+
+def _rotate(b: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """b @ Q for b (K', B, R, D₂); a conv layer's b is a view of (K', B, D₂, R), rotated in
+    that layout (no copy of b, and the result keeps it for the per-example products)."""
+    if b.shape[2] > 1 and b.stride(-1) != 1:
+        return (Q.T @ b.transpose(-1, -2)).transpose(-1, -2)
+    return b @ Q
 
 
 def per_example_correction(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
