@@ -42,10 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, k: int) -> None:
-    p.add_argument("--k", type=int, default=k, help=f"number of eigenvalues (default {k})")
+    p.add_argument(
+        "--k", type=_positive_int, default=k, help=f"number of eigenvalues (default {k})"
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the model's")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(  # also accepted after the command; SUPPRESS keeps the top-level value
+        "--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a user's mistake gets one line; --traceback shows the rest
         if args.traceback:
             raise
-        print(f"curvops {args.command}: error: {err}", file=sys.stderr)
+        print(f"curvops {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """The error as one line; unexpected kinds are named and point to --traceback."""
+    text = " ".join(str(err).split()) or "(no message)"
+    if isinstance(err, ValueError):  # curvops' own checks: the message says it all
+        return text
+    return f"{type(err).__name__}: {text} (run with --traceback for details)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -318,9 +318,18 @@ def _blocks(*ops) -> list[tuple[str, slice]]:
     for op in ops:
         slices = getattr(op, "block_slices", None)
         if slices is not None and len(slices) > 1:
-            names = getattr(op, "block_names", None) or [f"block{i}" for i in range(len(slices))]
-            return list(zip(names, slices))
+            return list(zip(block_names(op), slices))
     return []
+
+
+def block_names(op) -> list[str]:
+    """The operator's block names; unnamed blocks ("block0", ...) are named by their parameters."""
+    n = len(op.block_slices)
+    names = list(getattr(op, "block_names", None) or [f"block{i}" for i in range(n)])
+    layout = getattr(op, "layout", None)
+    if names == [f"block{i}" for i in range(n)] and layout is not None:
+        names = ["+".join(layout.names[i] for i in block) for block in layout.blocks]
+    return names
 
 
 def _gradient(exact, gradient, A: TorchMatmat):

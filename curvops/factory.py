@@ -27,17 +27,37 @@ def load_factory(spec: str):
         raise FactoryError(f"cannot import {file}: is it a Python file?")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
-    loader_spec.loader.exec_module(module)
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[module_name]
+        raise FactoryError(f"importing {file} failed: {type(err).__name__}: {err}") from err
     factory = getattr(module, name, None)
     if not callable(factory):
-        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise FactoryError(f"{file} has no function {name!r} (callables found: {', '.join(found)})")
+        found = _own_functions(module)
+        listed = f"functions defined there: {', '.join(found)}" if found else "it defines none"
+        raise FactoryError(f"{file} has no function {name!r} ({listed})")
     return factory
+
+
+def _own_functions(module) -> list[str]:
+    """Public callables defined in the module itself (not imported into it)."""
+    return sorted(
+        n
+        for n, v in vars(module).items()
+        if callable(v)
+        and not n.startswith("_")
+        and getattr(v, "__module__", None) == module.__name__
+    )
 
 
 def call_factory(spec: str):
     """Run the factory and check that it returned ``(model, loss_fn, data)``."""
-    result = load_factory(spec)()
+    factory = load_factory(spec)
+    try:
+        result = factory()
+    except Exception as err:
+        raise FactoryError(f"{spec} raised {type(err).__name__}: {err}") from err
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise FactoryError(
             f"{spec} must return (model, loss_fn, data), got {type(result).__name__}"

@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 import curvops
-from curvops.compare import compare
+from curvops.compare import block_names, compare
 from curvops.factory import call_factory
+
+APPROXIMATIONS = ("kfac", "ekfac", "ggn-mc", "ggn-empirical", "ggn", "hessian")
 
 
 def build_operator(kind: str, model, loss_fn, data, **kw):
@@ -22,16 +24,26 @@ def build_operator(kind: str, model, loss_fn, data, **kw):
         "kfac": lambda: curvops.KFACOperator(model, loss_fn, data, **kw),
         "ekfac": lambda: curvops.EKFACOperator(model, loss_fn, data, **kw),
     }
-    if kind not in kinds:
-        raise ValueError(f"unknown curvature {kind!r}; choose from {', '.join(kinds)}")
+    _check_kinds([kind])
     return kinds[kind]()
 
 
+def _check_kinds(kinds: list[str]) -> None:
+    for kind in kinds:
+        if kind not in APPROXIMATIONS:
+            raise ValueError(f"unknown curvature {kind!r}; choose from {', '.join(APPROXIMATIONS)}")
+
+
+def _check_device(device: str | None) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here")
+
+
 def _prepare(args):
+    """Check the options first (cheap), then run the user's factory (maybe slow)."""
+    _check_device(args.device)
     model, loss_fn, data = call_factory(args.factory)
     if args.device:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but CUDA is not available here")
         model = model.to(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +60,6 @@ def run_spectrum(args) -> dict:
     from curvops.plot import plot_density, plot_layers, plot_spectrum
 
     model, loss_fn, data, out = _prepare(args)
-    blocks = {"blocks": "layer"} if args.curvature in ("hessian", "ggn") else {}
     op = build_operator(args.curvature, model, loss_fn, data, progress=args.progress)
     print(f"{args.curvature}: {op.shape[0]:,} parameters")
     res = curvops.eigsh(
@@ -62,21 +73,43 @@ def run_spectrum(args) -> dict:
         dens = curvops.spectral_density(op)
         results["density"] = dens.to_dict()
         plot_density(dens, path=out / "density.png", log=True)
-    if args.layers and blocks:
-        layer_op = build_operator(args.curvature, model, loss_fn, data, **blocks)
-        layers = curvops.block_top_eigenvalues(layer_op, normalize=True)
+    if args.layers:
+        layers = _layer_spectrum(args.curvature, op, model, loss_fn, data)
         results["layers"] = layers.to_dict()
-        plot_layers(layers.names, layers.eigenvalues, path=out / "layers.png")
+        plot_layers(
+            layer_labels(model, layers.names),
+            layers.eigenvalues,
+            path=out / "layers.png",
+            title=f"{args.curvature}: top eigenvalue per block",
+        )
     _write(out, results)
     return results
 
 
+def _layer_spectrum(kind: str, op, model, loss_fn, data):
+    """Per-layer top eigenvalues: Hessian / GGN rebuilt with blocks="layer"; KFAC and EKFAC
+    are block-diagonal already (one block per weight and per bias), named by parameter."""
+    if kind in ("kfac", "ekfac"):
+        layers = curvops.block_top_eigenvalues(op, normalize=True)
+        layers.names = block_names(op)
+        return layers
+    layer_op = build_operator(kind, model, loss_fn, data, blocks="layer")
+    return curvops.block_top_eigenvalues(layer_op, normalize=True)
+
+
+def layer_labels(model, names: list[str]) -> list[str]:
+    """Module names with their type, e.g. "0" -> "0 Linear", for figure labels."""
+    modules = dict(model.named_modules())
+    return [f"{n} {type(modules[n]).__name__}" if n in modules else n for n in names]
+
+
 def run_compare(args) -> dict:
     """Exact GGN (or Hessian) vs the requested Kronecker-factored approximations."""
-    model, loss_fn, data, out = _prepare(args)
     kinds = [a.strip() for a in args.approx.split(",") if a.strip()]
     if not kinds:
         raise ValueError("--approx needs at least one of kfac, ekfac, ggn-mc, ggn-empirical")
+    _check_kinds(kinds)
+    model, loss_fn, data, out = _prepare(args)
     exact = build_operator(args.exact, model, loss_fn, data, progress=args.progress)
     approx = {k: build_operator(k, model, loss_fn, data) for k in kinds}
     report = compare(exact, approx, k=args.k, exact_name=args.exact)
@@ -98,4 +131,4 @@ def run_demo(args) -> dict:
     return demo(Path(args.out), device=args.device, k=args.k, progress=args.progress)
 
 
-__all__ = ["build_operator", "run_compare", "run_demo", "run_spectrum"]
+__all__ = ["build_operator", "layer_labels", "run_compare", "run_demo", "run_spectrum"]

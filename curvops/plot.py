@@ -68,7 +68,8 @@ def plot_density(density, ax=None, path=None, log=False, title="Spectral density
     ax.fill_between(grid, rho, alpha=0.25, color="C0")
     if log:
         ax.set_yscale("log")
-        ax.set_ylim(bottom=max(rho[rho > 0].min(), rho.max() * 1e-8) if (rho > 0).any() else 1e-12)
+        if (rho > 0).any():  # the fill's zero baseline would stretch the axis to 1e-300
+            ax.set_ylim(max(rho[rho > 0].min(), rho.max() * 1e-8), rho.max() * 3)
     ax.set(xlabel="eigenvalue λ", ylabel="density" + (" (log)" if log else ""), title=title)
     return _finish(fig, path)
 
@@ -90,9 +91,17 @@ def plot_layers(
     for i in x[~finite]:
         ax.bar(i, 0, hatch="//", edgecolor="C3", fill=False)
         ax.annotate("n/a", (i, 0), ha="center", va="bottom", color="C3")
-    ax.set_xticks(x, names, rotation=45, ha="right")
+    _tick_labels(ax, x, names)
     ax.set(ylabel=ylabel, title=title)
     return _finish(fig, path)
+
+
+def _tick_labels(ax, x, names) -> None:
+    """Horizontal labels when short, slanted when long."""
+    if max((len(str(n)) for n in names), default=0) <= 8:
+        ax.set_xticks(x, names)
+    else:
+        ax.set_xticks(x, names, rotation=30, ha="right")
 
 
 def plot_comparison(comparison, path=None):
@@ -114,7 +123,7 @@ def plot_comparison(comparison, path=None):
         xlabel="principal angle index",
         ylabel="cos θ_i",
         ylim=(-0.02, 1.02),
-        title="Top-k eigenspace overlap",
+        title=f"Top-{comparison.k} eigenspaces: principal angles",
     )
     axes[2].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     axes[2].legend()
@@ -133,13 +142,11 @@ def _block_errors(comparison, ax):
     width = 0.8 / len(reports)
     x = np.arange(len(blocks))
     for i, a in enumerate(reports):
-        ax.bar(
-            x + i * width,
-            [a.block_errors[b] for b in blocks],
-            width,
-            label=f"{a.name} (all: {a.frobenius_error:.2f})",
-        )
-    ax.set_xticks(x + 0.4 - width / 2, blocks, rotation=45, ha="right")
+        errors = np.array([a.block_errors[b] for b in blocks])
+        ax.bar(x + i * width, errors, width, label=f"{a.name} (all: {a.frobenius_error:.2f})")
+        for j in np.flatnonzero(errors < 1e-6):  # an exact block: say so, not an empty slot
+            ax.annotate("0", (x[j] + i * width, 0), ha="center", va="bottom", fontsize=8)
+    _tick_labels(ax, x + 0.4 - width / 2, blocks)
     ax.set(ylabel="‖A_bb − B_bb‖_F / ‖A_bb‖_F", title="Relative error per block")
-    ax.set_ylim(top=1.3 * max(max(a.block_errors.values()) for a in reports))
+    ax.set_ylim(top=1.3 * max(max(a.block_errors.values()) for a in reports) or 1.0)
     ax.legend(loc="upper left")
