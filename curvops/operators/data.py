@@ -31,6 +31,8 @@ class DataLoop:
     ``X`` may be a tensor (B = X.shape[0]) or a mapping (B = the leading size its tensors
     share, or ``batch_size_fn(X)``).
     Floating-point tensors are cast to ``dtype``, so a float32 data set feeds a float64 model.
+    Once ``count()`` has run, every pass must yield that many points (a one-shot iterable,
+    empty on its second pass, raises instead of silently giving a wrong N).
     """
 
     def __init__(
