@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train small nets on digits and analyse their curvature")
     demo.add_argument("--out", default="demo_output", help="folder for results.json and figures")
-    _common(demo, k=10)
+    _common(demo, k=10, threads=1)
 
     spec = sub.add_parser("spectrum", help="top-k eigenvalues (and density) of your model")
     spec.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
@@ -52,9 +52,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser, k: int) -> None:
+def _common(p: argparse.ArgumentParser, k: int, threads: int | None = None) -> None:
     p.add_argument(
         "--k", type=_positive_int, default=k, help=f"number of eigenvalues (default {k})"
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=threads,
+        help="torch CPU threads (default: "
+        + (f"{threads}, fastest for small models on a busy machine)" if threads else "torch's)"),
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the model's")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -39,9 +39,15 @@ def _check_device(device: str | None) -> None:
         raise ValueError("--device cuda was asked for, but CUDA is not available here")
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def _prepare(args):
     """Check the options first (cheap), then run the user's factory (maybe slow)."""
     _check_device(args.device)
+    _set_threads(args.threads)
     model, loss_fn, data = call_factory(args.factory)
     if args.device:
         model = model.to(args.device)
@@ -128,6 +134,8 @@ def run_demo(args) -> dict:
     """Train an MLP and a CNN on digits; their spectra, density, layers and KFAC/EKFAC comparison."""
     from curvops.demo_job import demo
 
+    _check_device(args.device)
+    _set_threads(args.threads)
     return demo(Path(args.out), device=args.device, k=args.k, progress=args.progress)
 
 

@@ -227,6 +227,7 @@ def test_file_that_fails_to_import(tmp_path, capsys):
         (["spectrum", "f.py:make", "--bogus"], "unrecognized arguments: --bogus"),
         (["tune", "f.py:make"], "argument command: invalid choice: 'tune'"),
         (["compare"], "the following arguments are required: factory"),
+        (["demo", "--threads", "0"], "argument --threads: expected a positive integer"),
     ],
 )
 def test_option_errors_are_one_line(argv, message, capsys):

@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom in a fresh kernel of this interpreter, and are stored clean."""
+"""The documents run: the notebooks top to bottom in a fresh kernel of this interpreter (and are
+stored clean), and the README's ten-line example."""
 
 import json
 import re
@@ -13,7 +14,8 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TIMEOUT_S = 300
 
 
@@ -82,3 +84,21 @@ def test_runs_top_to_bottom(path, tmp_path, kernel_of_this_python):
     )
     assert printed.strip(), "the notebook printed nothing"
     assert not re.search(r"\bnan\b", printed, re.IGNORECASE), printed  # no silent NaN results
+
+
+def test_readme_example_runs():
+    import numpy as np
+    import torch
+
+    import curvops
+
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"## Ten lines\n+```python\n(.*?)```", text, re.DOTALL).group(1)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    H, top, Hv = namespace["H"], namespace["top"], namespace["Hv"]
+    expected = curvops.eigsh(H, k=5, which="LA", tol=1e-6).eigenvalues  # scipy's agrees
+    np.testing.assert_allclose(np.sort(top)[::-1], expected, rtol=1e-4, atol=1e-6)
+    assert Hv.shape == (H.shape[0], 16)
+    assert namespace["G"].shape == H.shape and namespace["G"].mode == "mc"
