@@ -11,7 +11,7 @@ import curvops
 from curvops.compare import block_names, compare
 from curvops.factory import call_factory
 
-APPROXIMATIONS = ("kfac", "ekfac", "ggn-mc", "ggn-empirical", "ggn", "hessian")
+CURVATURE_KINDS = ("kfac", "ekfac", "ggn-mc", "ggn-empirical", "ggn", "hessian")
 
 
 def build_operator(kind: str, model, loss_fn, data, **kw):
@@ -30,8 +30,10 @@ def build_operator(kind: str, model, loss_fn, data, **kw):
 
 def _check_kinds(kinds: list[str]) -> None:
     for kind in kinds:
-        if kind not in APPROXIMATIONS:
-            raise ValueError(f"unknown curvature {kind!r}; choose from {', '.join(APPROXIMATIONS)}")
+        if kind not in CURVATURE_KINDS:
+            raise ValueError(
+                f"unknown curvature {kind!r}; choose from {', '.join(CURVATURE_KINDS)}"
+            )
 
 
 def _check_device(device: str | None) -> None:

@@ -252,10 +252,16 @@ def test_k_too_large_for_the_model(factory_file, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
-def test_cuda_without_cuda(factory_file, capsys):
-    code, stdout, err = run(["spectrum", f"{factory_file}:make", "--device", "cuda"], capsys)
-    line = error_line(code, stdout, err)
-    assert "--device cuda was asked for, but CUDA is not available here" in line
+@pytest.mark.parametrize("command", ["spectrum", "compare", "demo"])
+def test_cuda_without_cuda(command, factory_file, tmp_path, capsys):
+    target = [] if command == "demo" else [f"{factory_file}:make"]
+    argv = [command, *target, "--device", "cuda", "--out", tmp_path / "o"]
+    line = error_line(*run(argv, capsys))
+    assert (
+        line
+        == f"curvops {command}: error: --device cuda was asked for, but CUDA is not available here"
+    )
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_unexpected_error_names_its_type_and_traceback_shows_it(tmp_path, capsys):
