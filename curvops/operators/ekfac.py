@@ -75,23 +75,33 @@ class EKFACOperator(KFACOperator):
             [blk.G.mat.new_zeros(blk.shape) for blk in self._layer_blocks(i)]
             for i in range(len(self.layers))
         ]
-        columns, self._wide_gramian = None, False  # default chunks until strategies are known
         for batch in self._loop:
-            inputs, chunks = self._collector(batch, self._batch_weight(batch), columns)
-            rotated = [self._rotated_inputs(i, a) for i, a in enumerate(inputs)]
-            for bs in chunks:
-                for i, b in enumerate(bs):
-                    if b is None:
-                        continue
-                    bt = _rotate(b, self._bases[i][0][1])  # (K', B, R, D₂) in the basis of G
-                    names = [self.layout.names[blk.params[0]] for blk in self._layer_blocks(i)]
-                    for e, at, name in zip(E[i], rotated[i], names):
-                        e += self._correct(name, bt, at)
-            # chunks of one vector need no stacking; only a Gramian over R > 1 positions gains
-            # from summing many vectors before its product
-            columns = None if self._wide_gramian else 1
+            self._correct_batch(batch, E)
         flat = iter(all_reduce_sum_many([e for parts in E for e in parts], self.process_group))
         return [[next(flat) for _ in parts] for parts in E]
+
+    def _correct_batch(self, batch, E: list[list[torch.Tensor]]) -> None:
+        """Add one batch's E. One output vector at a time (no stacked copies); a Gramian
+        block sums Σ_k bt bt over the batch's vectors first, then takes one product."""
+        inputs, chunks = self._collector(batch, self._batch_weight(batch), max_columns=1)
+        rotated = [self._rotated_inputs(i, a) for i, a in enumerate(inputs)]
+        del inputs  # only the rotated inputs are needed from here on
+        pending: dict[tuple[int, int], torch.Tensor] = {}  # Σ_k bt bt of Gramian blocks
+        for bs in chunks:
+            for i, b in enumerate(bs):
+                if b is None:
+                    continue
+                bt = _rotate(b, self._bases[i][0][1])  # (1, B, R, D₂) in the basis of G
+                names = [self.layout.names[blk.params[0]] for blk in self._layer_blocks(i)]
+                for j, (at, name) in enumerate(zip(rotated[i], names)):
+                    if self._strategy(name, bt, at) == "per_example":
+                        E[i][j] += per_example_correction(bt, at)
+                    elif (i, j) in pending:
+                        pending[i, j] += _gramian_b(bt)
+                    else:
+                        pending[i, j] = _gramian_b(bt)
+        for (i, j), gb in pending.items():
+            E[i][j] += _gramian_product(gb, rotated[i][j])
 
     def _layer_blocks(self, i: int) -> list:
         """The KFAC blocks of layer i (weight or joint, then a separate bias)."""
@@ -113,16 +123,14 @@ class EKFACOperator(KFACOperator):
             out.append(torch.ones_like(a[..., :1]))
         return out
 
-    def _correct(self, name: str, bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def _strategy(self, name: str, bt: torch.Tensor, at: torch.Tensor) -> str:
+        """The block's correction strategy (recorded in ``self.strategies``)."""
         R, D1, D2 = at.shape[1], at.shape[2], bt.shape[3]
         strategy = self.correction
         if strategy == "auto":
             strategy = "gramian" if R * R * (D1 + D2) < D1 * D2 else "per_example"
         self.strategies[name] = strategy
-        self._wide_gramian |= strategy == "gramian" and R > 1
-        return (
-            gramian_correction(bt, at) if strategy == "gramian" else per_example_correction(bt, at)
-        )
+        return strategy
 
     def _state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         out = super()._state_tensors()
@@ -163,7 +171,16 @@ def per_example_correction(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
 
 def gramian_correction(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """The same E through Gramians over positions: Σ_{n,s,t} (Σ_k bt bt)_{nst,i} (at at)_{nst,j}."""
-    gb = torch.einsum("knsi,knti->nsti", bt, bt)  # (B, R, R, D₂)
+    return _gramian_product(_gramian_b(bt), at)
+
+
+def _gramian_b(bt: torch.Tensor) -> torch.Tensor:
+    """Σ_k bt_ks bt_ktᵀ per example and feature: (K, B, R, D₂) -> (B, R, R, D₂)."""
+    return torch.einsum("knsi,knti->nsti", bt, bt)
+
+
+def _gramian_product(gb: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """E from gb (B, R, R, D₂) and the rotated inputs at (B, R, D₁): (D₂, D₁)."""
     ga = torch.einsum("nsj,ntj->nstj", at, at)  # (B, R, R, D₁)
     return gb.reshape(-1, gb.shape[-1]).T @ ga.reshape(-1, ga.shape[-1])
 

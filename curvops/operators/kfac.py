@@ -46,11 +46,13 @@ class KFACOperator(KroneckerOperator):
     def compute(self) -> None:
         """Recompute every layer's G and A at the current parameters (replaces, never adds)."""
         sums = [self._zeros(layer) for layer in self.layers]
+
+        def on_input(i: int, a: torch.Tensor) -> None:  # in the forward pass: a is not kept
+            _accumulate_inputs(sums[i], self.layers[i], a, self.approx)
+
         for batch in self._loop:
-            inputs, chunks = self._collector(batch, self._batch_weight(batch), max_columns=1)
-            for acc, layer, a in zip(sums, self.layers, inputs):
-                if a is not None:
-                    _accumulate_inputs(acc, layer, a, self.approx)
+            w = self._batch_weight(batch)
+            _, chunks = self._collector(batch, w, max_columns=1, on_input=on_input)
             for bs in chunks:
                 for acc, b in zip(sums, bs):
                     if b is not None:

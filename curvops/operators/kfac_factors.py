@@ -75,10 +75,11 @@ def param_blocks(groups, separate: bool) -> list[list[torch.Tensor]]:
 
 
 class _Capture:
-    """Forward hooks: inputs (B, R, D₁) and outputs of each layer, one call per forward."""
+    """Forward hooks: inputs (B, R, D₁) and outputs of each layer, one call per forward.
+    With ``on_input``, each layer's inputs go to ``on_input(i, a)`` and are not kept."""
 
-    def __init__(self, layers: list[Layer]) -> None:
-        self.layers = layers
+    def __init__(self, layers: list[Layer], on_input: Callable | None = None) -> None:
+        self.layers, self.on_input = layers, on_input
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -91,7 +92,11 @@ class _Capture:
                     "in one forward pass (weight sharing / tying): KFAC supports one call per "
                     "forward pass. Pass params= without its parameters"
                 )
-            self.inputs[i] = layer_inputs(module, args[0].detach())
+            a = layer_inputs(module, args[0].detach())
+            if self.on_input is None:
+                self.inputs[i] = a
+            else:
+                self.on_input(i, a)
             self.outputs[i] = output
             return output.clone()  # later in-place ops must not change the recorded output
 
@@ -136,10 +141,18 @@ class BatchCollector:
         self.fisher, self.mc_samples, self.seed = fisher, mc_samples, seed
         self.max_columns = max_columns
 
-    def __call__(self, batch: Batch, weight: float, max_columns: int | None = None):
+    def __call__(
+        self,
+        batch: Batch,
+        weight: float,
+        max_columns: int | None = None,
+        on_input: Callable | None = None,
+    ):
         """(inputs, chunks) of one batch; ``max_columns`` overrides the chunk size (1: no
-        stacking of the per-vector gradients, the cheapest when each chunk is summed anyway)."""
-        capture = _Capture(self.layers)
+        stacking of the per-vector gradients, the cheapest when each chunk is summed anyway);
+        with ``on_input(i, a)`` each layer's inputs are handed over during the forward pass
+        and not kept (inputs[i] is then None): a batch's inputs never all live at once."""
+        capture = _Capture(self.layers, on_input)
         with capture.active(), torch.enable_grad(), self.forward_context():
             f = self.forward(batch.X)
         if not isinstance(f, torch.Tensor):
