@@ -143,6 +143,10 @@ def probe_memory(kind: str, tool: str, problem: str, quick: bool) -> tuple[float
 
 
 def _probe(kind: str, tool: str, name: str, quick: bool) -> None:
+    # torch imports sympy (~40 MiB resident) on the first autograd.grad with grad_outputs;
+    # import it before measuring, so that no tool is charged for it
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401
+
     torch.set_num_threads(1)
     problem = load(name, quick)
     v = torch.randn(problem.num_params, 1, generator=torch.Generator().manual_seed(0))

@@ -83,9 +83,13 @@ class EKFACOperator(KFACOperator):
     def _correct_batch(self, batch, E: list[list[torch.Tensor]]) -> None:
         """Add one batch's E. One output vector at a time (no stacked copies); a Gramian
         block sums Σ_k bt bt over the batch's vectors first, then takes one product."""
-        inputs, chunks = self._collector(batch, self._batch_weight(batch), max_columns=1)
-        rotated = [self._rotated_inputs(i, a) for i, a in enumerate(inputs)]
-        del inputs  # only the rotated inputs are needed from here on
+        rotated: list[list[torch.Tensor]] = [[] for _ in self.layers]
+
+        def on_input(i: int, a: torch.Tensor) -> None:  # in the forward pass: a is not kept
+            rotated[i] = self._rotated_inputs(i, a)
+
+        w = self._batch_weight(batch)
+        _, chunks = self._collector(batch, w, max_columns=1, on_input=on_input)
         pending: dict[tuple[int, int], torch.Tensor] = {}  # Σ_k bt bt of Gramian blocks
         for bs in chunks:
             for i, b in enumerate(bs):
