@@ -35,6 +35,8 @@ def tiny_lm(vocab: int = 32, hidden: int = 16, layers: int = 1, heads: int = 2, 
         n_layer=layers,
         n_head=heads,
         n_positions=64,
+        bos_token_id=0,  # GPT-2's defaults (50256) lie outside this tiny vocabulary
+        eos_token_id=0,
         attn_implementation="sdpa",
     )
     return GPT2LMHeadModel(config)

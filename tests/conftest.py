@@ -8,6 +8,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/groundtruth.py, tests/models.py
 
+torch.set_num_threads(1)  # tiny models: one thread is faster and steadier on a shared 2-core box
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 

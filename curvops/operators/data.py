@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 
 @dataclass
@@ -62,6 +61,8 @@ class DataLoop:
         batches = self.data
         if self.progress:
             total = len(self.data) if hasattr(self.data, "__len__") else None
+            from tqdm.auto import tqdm  # imported only when asked for (notebook widgets)
+
             batches = tqdm(self.data, total=total, desc="curvops batches", leave=False)
         count = points = 0
         for index, item in enumerate(batches):
