@@ -153,3 +153,13 @@ def test_reference_net_of_design():
     np.testing.assert_allclose(v_vals[-1], 100.0, rtol=1e-12)
     ggn = np.linalg.eigvalsh(curvops.GGNOperator(model, nn.MSELoss(), data).to_dense().numpy())
     np.testing.assert_allclose(ggn[-1], 120.0, rtol=1e-12)
+
+
+def test_custom_blocks_are_named_by_their_parameters():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
+    data = [(torch.randn(4, 3), torch.randn(4, 1))]
+    w0, b0, w2, b2 = model.parameters()
+    op = curvops.HessianOperator(model, nn.MSELoss(), data, blocks=[[w0, b0], [w2], [b2]])
+    assert op.block_names == ["0.weight+0.bias", "2.weight", "2.bias"]
+    kfac = curvops.KFACOperator(model, nn.MSELoss(), data)
+    assert kfac.block_names == ["0.weight", "0.bias", "2.weight", "2.bias"]

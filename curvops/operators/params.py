@@ -63,7 +63,7 @@ def build_layout(model: nn.Module, params: Iterable[torch.Tensor] | None, blocks
                 raise ValueError(f"block {i} is empty: every block needs at least one parameter")
             block_idx.append(tuple(range(start, start + len(b))))
             start += len(b)
-        block_names = [f"block{i}" for i in range(len(block_lists))]
+        block_names = ["+".join(names_by_id[id(p)] for p in b) for b in block_lists]
         return _layout(chosen, names_by_id, block_idx, block_names)
 
     if params is None:
