@@ -248,6 +248,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the digits problem only, 1 round")
     p.add_argument("--check", action="store_true", help="exit 1 if a curvops result is wrong")
     p.add_argument("--json", type=Path, help="write the rows as JSON")
+    p.add_argument("--table", type=Path, help="print the table of a saved --json run and exit")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, help="timed rounds (default 1 quick, 2 full)")
@@ -272,6 +273,9 @@ def wrong(rows: list[EigenRow]) -> list[EigenRow]:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.table:
+        print_table([EigenRow(**r) for r in json.loads(args.table.read_text())])
+        return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = run(args)

@@ -234,6 +234,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the small dense problem, 1 round")
     p.add_argument("--check", action="store_true", help="exit 1 if a curvops result is wrong")
     p.add_argument("--json", type=Path, help="write the rows as JSON")
+    p.add_argument("--table", type=Path, help="print the table of a saved --json run and exit")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, help="construction rounds (default 1 quick, 3 full)")
@@ -253,6 +254,9 @@ def run(args: argparse.Namespace) -> list[KfacRow]:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.table:
+        print_table([KfacRow(**r) for r in json.loads(args.table.read_text())])
+        return 0
     if args.probe:
         _probe(*args.probe, args.quick)
         return 0
