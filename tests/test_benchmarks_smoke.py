@@ -87,3 +87,15 @@ def test_run_parses_the_section_switches():
     args = run.parse(["--quick", "--check", "--no-eigen", "--no-kfac"])
     assert args.quick and args.check and not args.eigen and not args.kfac
     assert run.parse([]).eigen and run.parse([]).kfac
+
+
+def test_only_wrong_curvops_rows_fail_the_check(capsys):
+    rows = [
+        eigen.EigenRow("p", "curvops eigsh(arpack)", ok=False),
+        eigen.EigenRow("p", "eigenthings lanczos", ok=False, peer=True),
+        eigen.EigenRow("p", "curvops eigsh(lanczos)", ok=True),
+    ]
+    assert [r.tool for r in eigen.wrong(rows)] == ["curvops eigsh(arpack)"]
+    krows = [kfac.KfacRow("p", "kfac", "nngeometry", ok=False, peer=True)]
+    assert kfac.wrong(krows) == []
+    assert "WRONG: eigen p curvops eigsh(arpack)" in capsys.readouterr().out
