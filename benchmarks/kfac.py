@@ -189,10 +189,8 @@ def bench_kind(kind, problem, V, rounds, dense, args) -> list[KfacRow]:
         if dense is not None:
             row.frobenius_error = frobenius_error(b, *dense, problem.num_params)
         if args.memory:
-            row.peak_mib, row.held_mib = probe_memory(kind, tool, problem.name, args.quick) or (
-                None,
-                None,
-            )
+            memory = probe_memory(kind, tool, problem.name, args.quick)
+            row.peak_mib, row.held_mib = memory if memory else (None, None)
         rows.append(row)
     _ratios(rows)
     return rows
