@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
     spec.add_argument("--curvature", choices=CURVATURES, default="hessian")
     spec.add_argument("--which", choices=("LA", "SA", "LM", "BE"), default="LA")
-    spec.add_argument("--backend", choices=("arpack", "lanczos", "lobpcg"), default="arpack")
+    spec.add_argument("--backend", choices=("arpack", "lanczos", "lobpcg"), default="lanczos")
     spec.add_argument("--tol", type=float, default=1e-4)
     spec.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
     spec.add_argument("--layers", action="store_true", help="also the per-layer top eigenvalues")

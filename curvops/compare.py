@@ -129,7 +129,7 @@ def compare(
     gradient=None,
     damping: float | None = None,
     dense_max: int = 3000,
-    backend: str = "arpack",
+    backend: str = "lanczos",
     exact_name: str | None = None,
 ) -> Comparison:
     """Compare ``exact`` with one or several approximations (an operator, list or dict name -> op).

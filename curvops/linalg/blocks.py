@@ -17,7 +17,7 @@ ZERO_RTOL = 1e-12  # |λ_b| <= ZERO_RTOL · max_c |λ_c| counts as zero
 
 
 def block_top_eigenvalues(
-    op, normalize: bool = False, tol: float = 1e-6, backend: str = "arpack"
+    op, normalize: bool = False, tol: float = 1e-6, backend: str = "lanczos"
 ) -> BlockEigenvalues:
     """Top eigenvalue λ_b = λ_max(A_bb) of each diagonal block, with its sign.
 

@@ -29,7 +29,7 @@ def eigsh(
     which: str = "LA",
     tol: float = 1e-6,
     max_iter: int | None = None,
-    backend: str = "arpack",
+    backend: str = "lanczos",
     v0=None,
     seed: int = 0,
     progress: bool = False,
@@ -51,9 +51,10 @@ def eigsh(
         over the solver's own estimate.
     max_iter : ARPACK restarts (scipy's default 10 P), Lanczos restart cycles (default
         300), or LOBPCG iterations (default 500).
-    backend : "arpack" (scipy, host copies per product), "lanczos" (thick-restart
-        Lanczos in torch on the operator's device), "lobpcg" (block solver, one matmat
-        on the unconverged columns per iteration).
+    backend : "lanczos" (the default: thick-restart Lanczos in torch on the operator's
+        device, no host copies; fewest products in benchmarks/RESULTS.md), "arpack"
+        (scipy, host copies per product), "lobpcg" (block solver, one matmat on the
+        unconverged columns per iteration).
     v0 : start vector (P,); overrides ``seed``, which draws a Gaussian one on the CPU.
     progress : a tqdm bar counting products.
     ncv : Krylov basis size (ARPACK, Lanczos; default min(P, max(2k + 1, 20))) or
