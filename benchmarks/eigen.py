@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 import curvops  # noqa: E402
 from benchmarks import floor  # noqa: E402
+from benchmarks.output import finish  # noqa: E402
 from benchmarks.peers import available  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem  # noqa: E402
 
@@ -278,12 +279,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run(args)
-    print_table(rows)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    return 1 if wrong(rows) and args.check else 0
+    return finish(run(args), args, print_table, wrong, start)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import curvops  # noqa: E402
 from benchmarks.kfac_floor import FloorKFAC  # noqa: E402
 from benchmarks.kfac_tools import TOOLS, Built, exact_ggn  # noqa: E402
+from benchmarks.output import finish  # noqa: E402
 from benchmarks.peers import available  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem, digits_small  # noqa: E402
 from benchmarks.timing import PeakRss, interleaved_medians, rss_mib  # noqa: E402
@@ -261,12 +262,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     args.kfac_problems = args.problems
     start = time.perf_counter()
-    rows = run(args)
-    print_table(rows)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    return 1 if wrong(rows) and args.check else 0
+    return finish(run(args), args, print_table, wrong, start)
 
 
 if __name__ == "__main__":

@@ -88,43 +88,34 @@ def transformer(quick: bool = False) -> Problem:
 
 def digits(quick: bool = False) -> Problem:
     """64-128-64-10 tanh MLP (P = 17,226) trained 200 full-batch Adam steps on sklearn digits."""
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    raw = load_digits()
-    X = torch.tensor(raw.data, dtype=torch.float32)[:1792] / 16.0
-    y = torch.tensor(raw.target, dtype=torch.long)[:1792]
-    model = nn.Sequential(
-        nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10)
-    )
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(50 if quick else 200):
-        opt.zero_grad()
-        loss_fn(model(X), y).backward()
-        opt.step()
-    return Problem("digits", model, loss_fn, _split(X, y, 448))
+    return _trained_digits_mlp("digits", (128, 64), steps=50 if quick else 200)
 
 
 def digits_small(quick: bool = False) -> Problem:
     """64-32-16-10 tanh MLP (P = 2,778) trained 200 full-batch Adam steps on sklearn digits:
     small enough for dense curvature blocks (the KFAC / EKFAC Frobenius errors)."""
+    return _trained_digits_mlp("digits_small", (32, 16), steps=200)
+
+
+def _trained_digits_mlp(name: str, hidden: tuple[int, int], steps: int) -> Problem:
+    """64-h1-h2-10 tanh MLP, ``steps`` full-batch Adam steps on 1,792 digits, batches of 448."""
     from sklearn.datasets import load_digits
 
     torch.manual_seed(0)
     raw = load_digits()
     X = torch.tensor(raw.data, dtype=torch.float32)[:1792] / 16.0
     y = torch.tensor(raw.target, dtype=torch.long)[:1792]
+    h1, h2 = hidden
     model = nn.Sequential(
-        nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10)
+        nn.Linear(64, h1), nn.Tanh(), nn.Linear(h1, h2), nn.Tanh(), nn.Linear(h2, 10)
     )
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
+    for _ in range(steps):
         opt.zero_grad()
         loss_fn(model(X), y).backward()
         opt.step()
-    return Problem("digits_small", model, loss_fn, _split(X, y, 448))
+    return Problem(name, model, loss_fn, _split(X, y, 448))
 
 
 def cnn(quick: bool = False) -> Problem:

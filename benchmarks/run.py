@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import eigen, floor, kfac  # noqa: E402
+from benchmarks.output import save_rows  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem  # noqa: E402
 from benchmarks.timing import interleaved_medians  # noqa: E402
 from benchmarks.tools import FLOOR, MATMAT_PEERS, add_before, build_all  # noqa: E402
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     if args.memory if args.memory is not None else not args.quick:
         measure_memory(rows, args)
     print_table(rows)
-    _save(args.json, rows)
+    save_rows(args.json, rows)
     wrong = [r for r in rows if not r.ok and not r.peer]
     for r in wrong:
         print(f"WRONG: {r.problem} {r.curvature} {r.tool} k={r.k}: rel. error {r.rel_error:.1e}")
@@ -229,14 +230,9 @@ def _sections(args: argparse.Namespace) -> list:
         sub.rounds, sub.kfac_problems, sub.memory = None, None, None
         rows = module.run(sub)
         module.print_table(rows)
-        _save(args.json and args.json.with_name(f"{args.json.stem}_{name}.json"), rows)
+        save_rows(args.json and args.json.with_name(f"{args.json.stem}_{name}.json"), rows)
         wrong += module.wrong(rows)
     return wrong
-
-
-def _save(path: Path | None, rows: list) -> None:
-    if path:
-        path.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":
