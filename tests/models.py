@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import curvops
+
 BATCH_SIZES = (5, 3, 2)  # unequal on purpose: N = 10
 
 
@@ -118,3 +120,16 @@ def _to(X, device):
     if isinstance(X, dict):
         return {k: v.to(device) for k, v in X.items()}
     return X.to(device)
+
+
+def build_operator(kind: str, model, loss_fn, data, **kw):
+    """A curvops operator by name: hessian, hessian_blocks, ggn, mc, empirical, kfac, ekfac."""
+    if kind.startswith("hessian"):
+        blocks = "layer" if kind == "hessian_blocks" else None
+        return curvops.HessianOperator(model, loss_fn, data, blocks=blocks, **kw)
+    if kind == "kfac":
+        return curvops.KFACOperator(model, loss_fn, data, **kw)
+    if kind == "ekfac":
+        return curvops.EKFACOperator(model, loss_fn, data, **kw)
+    mode = {"ggn": "exact"}.get(kind, kind)
+    return curvops.GGNOperator(model, loss_fn, data, mode=mode, **kw)

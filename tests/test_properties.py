@@ -14,6 +14,7 @@ import torch
 from groundtruth import dense_hessian
 from hypothesis import given
 from hypothesis import strategies as st
+from models import build_operator
 from strategies import problems, resplit
 
 import curvops
@@ -24,24 +25,13 @@ PSD = ["ggn", "mc", "empirical", "kfac", "ekfac"]
 CHUNKS = st.sampled_from([None, 2, 64])
 
 
-def build(kind, model, loss_fn, data, **kw):
-    if kind == "hessian":
-        return curvops.HessianOperator(model, loss_fn, data, **kw)
-    if kind == "kfac":
-        return curvops.KFACOperator(model, loss_fn, data, **kw)
-    if kind == "ekfac":
-        return curvops.EKFACOperator(model, loss_fn, data, **kw)
-    mode = {"ggn": "exact"}.get(kind, kind)
-    return curvops.GGNOperator(model, loss_fn, data, mode=mode, **kw)
-
-
 def _scale(D):
     return float(D.abs().max()) + 1e-12
 
 
 @given(problems(), st.sampled_from(KINDS), CHUNKS)
 def test_symmetric_and_psd_where_expected(problem, kind, chunk_size):
-    D = build(kind, *problem, chunk_size=chunk_size).to_dense()
+    D = build_operator(kind, *problem, chunk_size=chunk_size).to_dense()
     assert float((D - D.T).abs().max()) <= 1e-10 * _scale(D)
     if kind in PSD:
         eigs = torch.linalg.eigvalsh((D + D.T) / 2)
@@ -50,7 +40,7 @@ def test_symmetric_and_psd_where_expected(problem, kind, chunk_size):
 
 @given(problems(), st.sampled_from(KINDS), st.floats(-3, 3), st.floats(-3, 3))
 def test_linear(problem, kind, a, b):
-    op = build(kind, *problem)
+    op = build_operator(kind, *problem)
     rng = np.random.default_rng(0)
     u, v = rng.standard_normal((2, op.shape[0]))
     lhs = op @ (a * u + b * v)
@@ -60,7 +50,7 @@ def test_linear(problem, kind, a, b):
 
 @given(problems(), st.sampled_from(KINDS), st.integers(1, 5), CHUNKS)
 def test_matmat_is_stack_of_matvecs(problem, kind, k, chunk_size):
-    op = build(kind, *problem, chunk_size=chunk_size)
+    op = build_operator(kind, *problem, chunk_size=chunk_size)
     V = np.random.default_rng(1).standard_normal((op.shape[0], k))
     stacked = np.stack([op @ V[:, j] for j in range(k)], axis=1)
     np.testing.assert_allclose(op.matmat(V), stacked, rtol=1e-10, atol=1e-12)
@@ -78,8 +68,8 @@ def test_batch_split_does_not_change_operator(problem, kind, rnd):
     N = sum(len(y) for _, y in data)
     cuts = sorted(rnd.sample(range(1, N), min(2, N - 1))) if N > 1 else []
     sizes = np.diff([0, *cuts, N]).tolist()
-    a = build(kind, model, loss_fn, data).to_dense()
-    b = build(kind, model, loss_fn, resplit(data, sizes)).to_dense()
+    a = build_operator(kind, model, loss_fn, data).to_dense()
+    b = build_operator(kind, model, loss_fn, resplit(data, sizes)).to_dense()
     assert float((a - b).abs().max()) <= 1e-10 * _scale(a)
 
 
@@ -101,7 +91,7 @@ def test_block_hessian_is_diagonal_blocks_of_dense(problem):
     st.floats(1e-3, 10.0),
 )
 def test_kronecker_inverse_inverts_k_plus_damping(problem, kind, fisher, damping):
-    op = build(kind, *problem, fisher=fisher)
+    op = build_operator(kind, *problem, fisher=fisher)
     P = op.shape[0]
     K = op.to_dense()
     inv = op.inverse(damping).torch_matmat(torch.eye(P, dtype=torch.float64))
@@ -117,8 +107,8 @@ def test_float32_operator_matches_float64(problem, kind):
     """A float32 copy of the model (float64 data cast on the fly) gives the float64 operator
     up to float32 round-off. (EKFAC's eigenbasis and MC labels are not unique across dtypes.)"""
     model, loss_fn, data = problem
-    D64 = build(kind, model, loss_fn, data).to_dense()
-    op32 = build(kind, copy.deepcopy(model).float(), loss_fn, data)
+    D64 = build_operator(kind, model, loss_fn, data).to_dense()
+    op32 = build_operator(kind, copy.deepcopy(model).float(), loss_fn, data)
     D32 = op32.to_dense()
     assert op32.dtype == np.float32 and D32.dtype == torch.float32
     err = float((D32.double() - D64).norm() / (D64.norm() + 1e-30))

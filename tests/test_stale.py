@@ -9,7 +9,7 @@ dense truth exists: MC Fisher, KFAC, EKFAC); with ``on_stale="raise"`` it raises
 import pytest
 import torch
 from groundtruth import dense_empirical_fisher, dense_ggn, dense_hessian
-from models import make_problem
+from models import build_operator, make_problem
 
 import curvops
 from curvops import StaleOperatorError
@@ -17,22 +17,10 @@ from curvops import StaleOperatorError
 KINDS = ["hessian", "hessian_blocks", "ggn", "mc", "empirical", "kfac", "ekfac"]
 
 
-def build(kind, model, loss_fn, data, **kw):
-    if kind.startswith("hessian"):
-        blocks = "layer" if kind == "hessian_blocks" else None
-        return curvops.HessianOperator(model, loss_fn, data, blocks=blocks, **kw)
-    if kind == "kfac":
-        return curvops.KFACOperator(model, loss_fn, data, **kw)
-    if kind == "ekfac":
-        return curvops.EKFACOperator(model, loss_fn, data, **kw)
-    mode = {"ggn": "exact"}.get(kind, kind)
-    return curvops.GGNOperator(model, loss_fn, data, mode=mode, **kw)
-
-
 def truth(kind, model, loss_fn, data):
     """The dense matrix at the model's current parameters (float64)."""
     if kind in ("mc", "kfac", "ekfac"):  # no closed form: a fresh operator (tested elsewhere)
-        return build(kind, model, loss_fn, data).to_dense()
+        return build_operator(kind, model, loss_fn, data).to_dense()
     if kind == "ggn":
         return dense_ggn(model, loss_fn, data)
     if kind == "empirical":
@@ -40,7 +28,7 @@ def truth(kind, model, loss_fn, data):
     H = dense_hessian(model, loss_fn, data)
     if kind == "hessian":
         return H
-    blocks = build(kind, model, loss_fn, data).block_slices
+    blocks = build_operator(kind, model, loss_fn, data).block_slices
     out = torch.zeros_like(H)
     for s in blocks:
         out[s, s] = H[s, s]
@@ -72,7 +60,7 @@ def assert_moved(before, after):
 @pytest.mark.parametrize("kind", KINDS)
 def test_recompute_follows_an_optimizer_step(kind):
     model, loss_fn, data = make_problem("mlp_tanh", "ce")
-    op = build(kind, model, loss_fn, data, on_stale="recompute")
+    op = build_operator(kind, model, loss_fn, data, on_stale="recompute")
     V = directions(op.shape[0])
     before = op.torch_matmat(V)
     assert not op.is_stale
@@ -87,7 +75,7 @@ def test_recompute_follows_an_optimizer_step(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_raise_after_an_optimizer_step_until_refreshed(kind):
     model, loss_fn, data = make_problem("mlp_tanh", "ce")
-    op = build(kind, model, loss_fn, data, on_stale="raise")
+    op = build_operator(kind, model, loss_fn, data, on_stale="raise")
     V = directions(op.shape[0])
     before = op.torch_matmat(V)
     sgd_step(model, loss_fn, data)
@@ -107,21 +95,23 @@ def test_raise_after_an_optimizer_step_until_refreshed(kind):
 @pytest.mark.parametrize("kind", ["kfac", "ekfac"])
 def test_closed_forms_and_inverse_are_guarded_too(kind):
     model, loss_fn, data = make_problem("mlp_tanh", "ce")
-    op = build(kind, model, loss_fn, data)  # on_stale="raise" is the default here
+    op = build_operator(kind, model, loss_fn, data)  # on_stale="raise" is the default here
     inv = op.inverse(0.1)
     sgd_step(model, loss_fn, data)
     for call in (op.trace, op.logdet, op.frobenius_norm, lambda: inv @ directions(43)[:, 0]):
         with pytest.raises(StaleOperatorError):
             call()
-    following = build(kind, model, loss_fn, data, on_stale="recompute")
+    following = build_operator(kind, model, loss_fn, data, on_stale="recompute")
     sgd_step(model, loss_fn, data)
-    fresh = build(kind, model, loss_fn, data)
+    fresh = build_operator(kind, model, loss_fn, data)
     assert following.trace() == pytest.approx(fresh.trace(), rel=1e-12)
 
 
 def test_defaults_hessian_and_ggn_follow_kfac_raises():
     model, loss_fn, data = make_problem("mlp_tanh", "ce")
-    ops = [build(kind, model, loss_fn, data) for kind in ("hessian", "ggn", "kfac", "ekfac")]
+    ops = [
+        build_operator(kind, model, loss_fn, data) for kind in ("hessian", "ggn", "kfac", "ekfac")
+    ]
     assert [op.on_stale for op in ops] == ["recompute", "recompute", "raise", "raise"]
 
 
@@ -151,7 +141,7 @@ def _frozen_parameter(model):
 def test_every_way_of_changing_parameters_is_noticed(kind, change):
     model, loss_fn, data = make_problem("mlp_tanh", "ce")
     params = [p for n, p in model.named_parameters() if n != "0.weight"]
-    op = build(kind, model, loss_fn, data, params=params, on_stale="raise")
+    op = build_operator(kind, model, loss_fn, data, params=params, on_stale="raise")
     V = directions(op.shape[0])
     before = op.torch_matmat(V)
     change(model)
@@ -159,15 +149,15 @@ def test_every_way_of_changing_parameters_is_noticed(kind, change):
         op.torch_matmat(V)
     op.refresh()
     after = op.torch_matmat(V)
-    assert_matches(after, build(kind, model, loss_fn, data, params=params).torch_matmat(V))
+    assert_matches(after, build_operator(kind, model, loss_fn, data, params=params).torch_matmat(V))
     assert_moved(before, after)
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
 def test_changed_buffers_are_noticed(kind):
     model, loss_fn, data = make_problem("batchnorm_eval", "ce")
-    op = build(kind, model, loss_fn, data, on_stale="raise")
-    following = build(kind, model, loss_fn, data)
+    op = build_operator(kind, model, loss_fn, data, on_stale="raise")
+    following = build_operator(kind, model, loss_fn, data)
     V = directions(op.shape[0])
     before = following.torch_matmat(V)
     model[1].running_var.mul_(3.0)
