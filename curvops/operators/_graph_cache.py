@@ -2,8 +2,8 @@
 
 An entry is one batch's graph (e.g. its loss gradient built with ``create_graph=True``).
 Entries are valid while (1) every parameter and buffer of the model holds exactly the
-values it held when they were built (checked by value against a snapshot, so in-place
-updates through ``.data`` are caught too), (2) no module changed train/eval mode and (3) the
+values it held when they were built (checked by value against a snapshot once per product,
+so in-place updates through ``.data`` are caught too), (2) no module changed train/eval mode and (3) the
 data yields the very same tensor objects, unmodified (version counters), at each index.
 A DataLoader yields new tensors every pass: the first such miss turns the cache off.
 Entries are kept only up to a memory budget; batches beyond it are recomputed each time.
@@ -35,6 +35,9 @@ class GraphCache:
         self._pass_complete = False
 
     def begin_pass(self) -> None:
+        """Start a product: drop every entry if the model changed (checked once per pass)."""
+        if self.enabled and not self._model_unchanged():
+            self._reset()
         self._pass_complete = self.enabled
 
     def end_pass(self) -> None:
@@ -43,9 +46,6 @@ class GraphCache:
     def get(self, batch: Batch) -> Any | None:
         """The stored graph of ``batch``, or None (then build it and ``put`` it)."""
         if not self.enabled:
-            return None
-        if not self._model_unchanged():
-            self._reset()
             return None
         entry = self.entries.get(batch.index)
         if entry is None:
