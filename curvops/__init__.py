@@ -8,4 +8,4 @@ from curvops.operators import *  # noqa: F403
 from curvops.operators import __all__ as _operators_all
 
 __all__ = ["Comparison", "compare", "distributed", *_operators_all, *_linalg_all]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.interface import TorchMatmat, torch_matmat
 from curvops.operators.inverse import damped_inverse
 
 

@@ -8,6 +8,23 @@ from pathlib import Path
 import numpy as np
 
 
+def layer_labels(model, names: Sequence[str]) -> list[str]:
+    """Module names with their type, e.g. "0" -> "0 Linear", for figure labels."""
+    modules = dict(model.named_modules())
+    return [f"{n} {type(modules[n]).__name__}" if n in modules else n for n in names]
+
+
+def subplots(ncols: int, size: tuple[float, float] = (6, 4)):
+    """A figure with ``ncols`` axes side by side, each ``size`` inches: (fig, [axes])."""
+    fig, axes = _plt().subplots(1, ncols, figsize=(size[0] * ncols, size[1]), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save(fig, path):
+    """Write ``fig`` to ``path`` (folders created) and close it; returns the figure."""
+    return _finish(fig, path)
+
+
 def _plt():
     try:
         import matplotlib.pyplot as plt

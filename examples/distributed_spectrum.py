@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 import curvops
-from curvops.demo import load_digits_data, make_mlp, train
+from curvops.cli.digits import load_digits_data, make_mlp, train
 
 
 def parse_args() -> argparse.Namespace:

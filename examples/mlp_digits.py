@@ -9,7 +9,7 @@ A factory is any function returning (model, loss_fn, data), with data a re-itera
 
 from torch import nn
 
-from curvops.demo import load_digits_data, make_mlp, train
+from curvops.cli.digits import load_digits_data, make_mlp, train
 
 
 def make():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/groundtruth.py, tests/models.py
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # oracles, models, cases
 
 torch.set_num_threads(1)  # tiny models: one thread is faster and steadier on a shared 2-core box
 

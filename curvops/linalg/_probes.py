@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from curvops.linalg._matmat import TorchMatmat
+from curvops.interface import TorchMatmat
 
 
 def _generator(seed: int) -> torch.Generator:

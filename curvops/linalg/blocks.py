@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.interface import TorchMatmat, torch_matmat
 from curvops.linalg.eigsh import eigsh
 from curvops.linalg.results import BlockEigenvalues
 

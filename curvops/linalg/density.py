@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import torch_matmat
+from curvops.interface import torch_matmat
 from curvops.linalg._probes import rademacher
 from curvops.linalg.lanczos import tridiagonalize
 from curvops.linalg.results import Density

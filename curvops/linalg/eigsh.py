@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.interface import TorchMatmat, torch_matmat
 from curvops.linalg._probes import gaussian, start_vector
 from curvops.linalg.lanczos import thick_restart_lanczos
 from curvops.linalg.lobpcg import lobpcg

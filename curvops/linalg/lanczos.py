@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import TorchMatmat
+from curvops.interface import TorchMatmat
 from curvops.linalg._probes import gaussian
 
 

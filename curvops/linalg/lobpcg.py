@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import TorchMatmat
+from curvops.interface import TorchMatmat
 from curvops.linalg.lanczos import select
 
 

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.interface import TorchMatmat, torch_matmat
 from curvops.linalg._probes import gaussian
 from curvops.linalg.eigsh import ConvergenceWarning
 from curvops.linalg.results import PowerResult

@@ -12,14 +12,10 @@ import math
 import numpy as np
 import torch
 
-from curvops.linalg._matmat import TorchMatmat, torch_matmat
+from curvops.core.checks import check_count
+from curvops.interface import TorchMatmat, torch_matmat
 from curvops.linalg._probes import rademacher
 from curvops.linalg.results import DiagonalEstimate, TraceEstimate
-
-
-def _check_count(name: str, n: int, least: int) -> None:
-    if not isinstance(n, (int, np.integer)) or n < least:
-        raise ValueError(f"{name} must be an integer >= {least}; got {n!r}")
 
 
 def _mean_se(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +37,7 @@ def hutchinson_trace(op, n_probes: int = 100, seed: int = 0, chunk: int = 16) ->
 
     Standard error: sample std of z_iᵀ A z_i over √n.
     """
-    _check_count("n_probes", n_probes, 1)
+    check_count("n_probes", n_probes, 1)
     A = torch_matmat(op)
     count0 = A.n_matvecs
     quad = torch.cat([(Z * AZ).sum(0) for Z, AZ in _probe_products(A, n_probes, seed, chunk)])
@@ -56,7 +52,7 @@ def hutchpp_trace(op, n_matvecs: int = 102, seed: int = 0, chunk: int = 16) -> T
     remaining m − 2(m//3) Rademacher probes G for the deflated remainder. The standard
     error is that of the remainder's Hutchinson part (the Q part is exact).
     """
-    _check_count("n_matvecs", n_matvecs, 3)
+    check_count("n_matvecs", n_matvecs, 3)
     A = torch_matmat(op)
     count0, s = A.n_matvecs, n_matvecs // 3
     g = n_matvecs - 2 * s
@@ -74,7 +70,7 @@ def hutchinson_diagonal(
     op, n_probes: int = 100, seed: int = 0, chunk: int = 16
 ) -> DiagonalEstimate:
     """diag(A) ≈ (1/n) Σ_i z_i ⊙ A z_i, z_i Rademacher; per-entry standard errors (P,)."""
-    _check_count("n_probes", n_probes, 1)
+    check_count("n_probes", n_probes, 1)
     A = torch_matmat(op)
     count0 = A.n_matvecs
     samples = torch.cat([Z * AZ for Z, AZ in _probe_products(A, n_probes, seed, chunk)], 1)

@@ -15,61 +15,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from curvops.core import checks
+from curvops.core.data import Batch, DataLoop, batch_weight
+from curvops.core.errors import StaleOperatorError
+from curvops.core.losses import loss_reduction, target_checker
+from curvops.core.options import OnStale, Reduction, check_choice
+from curvops.core.params import Blocks, build_layout, flatten, unflatten
+from curvops.core.watch import ModelWatch, Token
 from curvops.distributed import all_reduce_sum
-from curvops.operators import checks
-from curvops.operators._columns import by_chunks
-from curvops.operators.checks import ON_STALE, StaleOperatorError
-from curvops.operators.data import Batch, DataLoop, batch_weight
-from curvops.operators.losses import loss_reduction, target_checker
-from curvops.operators.params import Blocks, ParameterWatch, build_layout, flatten, unflatten
+from curvops.interface import SymmetricTorchOperator
+from curvops.operators.chunks import by_chunks
 
 DEFAULT_MAX_DENSE = 20_000  # to_dense() refuses larger P: 20,000² float64 numbers are 3.2 GB
 
-__all__ = ["DEFAULT_MAX_DENSE", "CurvatureOperator", "StaleOperatorError", "SymmetricTorchOperator"]
-
-
-class SymmetricTorchOperator(LinearOperator):
-    """A symmetric scipy LinearOperator whose numpy products go through ``torch_matmat``
-    on ``self.device`` (one host copy each way), with the inputs validated."""
-
-    device: torch.device
-
-    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def matvec(self, x):
-        checks.check_numpy_input(x, self.shape[0])
-        return super().matvec(x)
-
-    def matmat(self, X):
-        checks.check_numpy_input(X, self.shape[0])
-        return super().matmat(X)
-
-    def rmatvec(self, x):
-        return self.matvec(x)  # symmetric
-
-    def rmatmat(self, X):
-        return self.matmat(X)
-
-    def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
-
-    def _matmat(self, X):
-        M = torch.as_tensor(np.ascontiguousarray(X, dtype=self.dtype), device=self.device)
-        return self.torch_matmat(M).cpu().numpy()
-
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _adjoint(self):
-        return self
-
-    def _transpose(self):
-        return self
+__all__ = ["DEFAULT_MAX_DENSE", "CurvatureOperator", "StaleOperatorError"]
 
 
 class CurvatureOperator(SymmetricTorchOperator):
@@ -129,13 +91,13 @@ class CurvatureOperator(SymmetricTorchOperator):
         progress: bool = False,
         check_deterministic: bool = False,
         process_group: Any = None,
-        reduction: str | None = None,
+        reduction: Reduction | None = None,
         math_attention: bool = True,
         chunk_size: int | None = None,
-        on_stale: str = "recompute",
+        on_stale: OnStale = "recompute",
     ) -> None:
         checks.check_chunk_size(chunk_size)
-        checks.check_choice("on_stale", on_stale, ON_STALE)
+        check_choice("on_stale", on_stale, OnStale)
         checks.check_module_modes(model)
         self.model, self.chunk_size, self.on_stale = model, chunk_size, on_stale
         self.loss_fn = loss_fn
@@ -155,7 +117,9 @@ class CurvatureOperator(SymmetricTorchOperator):
         super().__init__(
             dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(size, size)
         )
-        self._watch = ParameterWatch(model)
+        self._watch = ModelWatch(model)
+        self._fresh: Token = self._watch.token()
+        self._token: Token = self._fresh  # the model's token during the current product
         if check_deterministic:
             self._check_deterministic()
 
@@ -196,7 +160,8 @@ class CurvatureOperator(SymmetricTorchOperator):
         one ``all_reduce`` of P x k numbers, whatever the rank's data or column plan.
         """
         M = self._check_torch_input(M)
-        self._ensure_fresh()
+        self._token = self._watch.token()
+        self._ensure_fresh(self._token)
         result = self._all_reduce(self._local_matmat(M).contiguous())
         checks.check_finite(result, f"product of {type(self).__name__}")
         return result
@@ -270,26 +235,28 @@ class CurvatureOperator(SymmetricTorchOperator):
     # ---------------------------------------------------------------- staleness
     @property
     def is_stale(self) -> bool:
-        """True when the model's parameters or buffers changed since the last refresh."""
-        return self._watch.changed()
+        """True when the model changed since the last refresh: parameters, buffers, modules,
+        their attributes, hooks or modes (``curvops.core.watch``)."""
+        return self._watch.token() != self._fresh
 
     def refresh(self) -> None:
         """Accept the parameters' current values (KFAC / EKFAC: recompute their factors)."""
         self._mark_fresh()
 
     def _mark_fresh(self) -> None:
-        self._watch.mark()
+        self._fresh = self._token = self._watch.token()
 
-    def _ensure_fresh(self) -> None:
+    def _ensure_fresh(self, token: Token | None = None) -> None:
         """Before a product: refuse train-mode layers, then raise or refresh if stale."""
         checks.check_module_modes(self.model)
-        if not self.is_stale:
+        if (token or self._watch.token()) == self._fresh:
             return
         if self.on_stale == "raise":
             raise StaleOperatorError(
-                f"{type(self).__name__} is stale: the model's parameters or buffers changed "
-                "after it was built (e.g. an optimizer step). Call op.refresh() to use the "
-                "current values, or build the operator with on_stale='recompute'"
+                f"{type(self).__name__} is stale: the model changed after it was built (an "
+                "optimizer step, new parameter or buffer values, a replaced module or "
+                "attribute). Call op.refresh() to use the current values, or build the "
+                "operator with on_stale='recompute'"
             )
         self.refresh()
 

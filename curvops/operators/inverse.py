@@ -13,8 +13,7 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvops.linalg._matmat import torch_matmat
-from curvops.operators.base import SymmetricTorchOperator
+from curvops.interface import SymmetricTorchOperator, torch_matmat
 
 
 class InverseNotConvergedWarning(UserWarning):

@@ -1,0 +1,109 @@
+"""Checks that turn silent wrong numbers into clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+
+def check_count(name: str, n: object, least: int) -> None:
+    """An integer (not a bool) >= ``least``, else a ValueError naming the argument."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
+        raise ValueError(f"{name} must be an integer >= {least}; got {n!r}")
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (
+        not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool)
+    ):
+        raise TypeError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+
+
+def check_module_modes(model: nn.Module) -> None:
+    """Refuse train-mode BatchNorm (batch-dependent, mutates running stats) and Dropout."""
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and module.training:
+            raise ValueError(
+                f"{type(module).__name__} '{name}' is in train mode: its output depends on the "
+                "other points of the batch and every forward pass updates its running "
+                "statistics, so the curvature would depend on how the data is batched. Call "
+                "model.eval() first"
+            )
+        if isinstance(module, _DropoutNd) and module.training and module.p > 0:
+            raise ValueError(
+                f"{type(module).__name__} '{name}' is in train mode: the model is random, so "
+                "every product would see another function. Call model.eval() first"
+            )
+
+
+def check_finite(result: torch.Tensor, what: str) -> None:
+    """Raise FloatingPointError if ``result`` holds NaN or inf."""
+    if not bool(torch.isfinite(result).all()):
+        raise FloatingPointError(
+            f"NaN or inf in the {what}: check the parameters and data for NaN/inf values and "
+            "the loss for overflow (e.g. huge logits); use float64 if the model is ill-scaled"
+        )
+
+
+def check_params_finite(params, names) -> None:
+    for p, name in zip(params, names):
+        if not bool(torch.isfinite(p).all()):
+            raise FloatingPointError(
+                f"parameter '{name}' holds NaN or inf values: the curvature is undefined there; "
+                "restore finite values (e.g. from a checkpoint) before building the operator"
+            )
+
+
+def check_length(n: int, P: int) -> None:
+    if n != P:
+        raise ValueError(
+            f"expected a vector of length P={P} (the number of entries in op.params), got "
+            f"{n}; build one with op.flatten(list_of_parameter_shaped_tensors)"
+        )
+
+
+def check_numpy_input(x, P: int) -> None:
+    """A real floating-point numpy (P,) or (P, k) array (finiteness: ``check_torch_input``)."""
+    x = np.asarray(x)
+    if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"expected a real floating-point array, got dtype {x.dtype}: convert it with "
+            "x.astype(op.dtype) (complex vectors are not supported)"
+        )
+    if x.ndim not in (1, 2):
+        raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {x.shape}")
+    check_length(x.shape[0], P)
+
+
+def check_torch_input(M, P: int) -> None:
+    """A real floating-point torch (P,) or (P, k) tensor of finite values."""
+    if not isinstance(M, torch.Tensor):
+        raise TypeError(f"torch_matmat expects a torch.Tensor, got {type(M).__name__}")
+    if M.is_complex() or not M.is_floating_point():
+        raise TypeError(
+            f"expected a real floating-point tensor, got {M.dtype}: convert it with "
+            "M.to(op.torch_dtype) (complex vectors are not supported)"
+        )
+    if M.ndim not in (1, 2):
+        raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {tuple(M.shape)}")
+    check_length(M.shape[0], P)
+    if not bool(torch.isfinite(M).all()):
+        raise FloatingPointError(
+            "the vector(s) to multiply hold NaN or inf values; pass finite directions"
+        )
+
+
+def assert_deterministic(first: torch.Tensor, second: torch.Tensor, what: str) -> None:
+    """Two evaluations of the same quantity must agree (to rounding)."""
+    rtol = 1e-4 if first.dtype == torch.float32 else 1e-9
+    scale = first.abs().max().clamp(min=1e-30)
+    if float((first - second).abs().max()) > rtol * float(scale):
+        raise RuntimeError(
+            f"the model is not deterministic: two evaluations of the {what} differ. Put the "
+            "model in eval mode (dropout), and remove random or data-dependent layers"
+        )

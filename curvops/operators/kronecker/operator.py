@@ -1,0 +1,220 @@
+"""KroneckerOperator: the shared shell of KFAC and EKFAC (contract, closed forms, state).
+
+Subclasses compute their ``KroneckerBlock`` list in ``compute()`` from the data (once, at
+construction); products, the damped inverse, trace, log-determinant and Frobenius norm then
+use only the blocks. After the model's parameters or buffers change (an optimizer step;
+see ``ParameterWatch``), a product recomputes (``on_stale="recompute"``) or raises
+``StaleOperatorError`` (``on_stale="raise"``, the default here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from curvops.core import checks
+from curvops.core.checks import check_count
+from curvops.core.errors import StaleOperatorError
+from curvops.core.losses import output_loss
+from curvops.core.options import Approx, FisherType, OnStale, check_choice
+from curvops.interface import SymmetricTorchOperator
+from curvops.operators.base import CurvatureOperator
+from curvops.operators.chunks import by_chunks
+from curvops.operators.kronecker.algebra import KroneckerBlock
+from curvops.operators.kronecker.capture import BatchCollector
+from curvops.operators.kronecker.layers import group_by_module, make_layers, param_blocks
+
+__all__ = ["KroneckerInverse", "KroneckerOperator", "StaleOperatorError"]
+
+
+class KroneckerOperator(CurvatureOperator):
+    """Block-diagonal Kronecker-factored curvature; see ``KFACOperator`` for the arguments."""
+
+    is_psd = True
+
+    def __init__(
+        self,
+        model,
+        loss_fn,
+        data,
+        *,
+        fisher: FisherType = "type2",
+        mc_samples: int = 1,
+        seed: int = 0,
+        approx: Approx = "expand",
+        separate_weight_and_bias: bool = True,
+        on_stale: OnStale = "raise",
+        chunk_size: int | None = None,
+        params=None,
+        num_data: int | None = None,
+        batch_size_fn=None,
+        progress: bool = False,
+        check_deterministic: bool = False,
+        process_group: Any = None,
+        math_attention: bool = True,
+    ) -> None:
+        check_choice("fisher", fisher, FisherType)
+        check_choice("approx", approx, Approx)
+        check_count("mc_samples", mc_samples, 1)
+        self.fisher, self.mc_samples, self.seed, self.approx = fisher, mc_samples, seed, approx
+        self.separate_weight_and_bias = separate_weight_and_bias
+        loss = output_loss(loss_fn)
+        params = list(params) if params is not None else None
+        chosen = params or [p for p in model.parameters() if p.requires_grad]
+        groups = group_by_module(model, chosen)
+        super().__init__(
+            model, loss_fn, data, params=params, blocks=param_blocks(groups, separate_weight_and_bias),
+            num_data=num_data, batch_size_fn=batch_size_fn, progress=progress,
+            process_group=process_group, math_attention=math_attention, chunk_size=chunk_size,
+            on_stale=on_stale,
+        )  # fmt: skip
+        index_of = {id(p): i for i, p in enumerate(self.layout.params)}
+        self.layers = make_layers(groups, index_of, separate_weight_and_bias)
+        self._collector = BatchCollector(
+            self.layers, loss, self._forward, self._forward_context, fisher, mc_samples, seed
+        )
+        self._blocks: list[KroneckerBlock] = []
+        self.compute()
+        if check_deterministic:
+            self._check_deterministic()
+
+    # ---------------------------------------------------------------- to implement
+    def compute(self) -> None:
+        """(Re)compute the blocks from the data at the current parameters; idempotent."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Recompute after the model moved (same as ``compute`` unless overridden)."""
+        self.compute()
+
+    def _state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _set_state_tensors(self, layers: dict[str, dict[str, torch.Tensor]]) -> None:
+        raise NotImplementedError
+
+    def _current_blocks(self) -> list[KroneckerBlock]:
+        """The blocks, recomputed first (or refused) if the model changed since (see base)."""
+        self._ensure_fresh()
+        return self._blocks
+
+    # ---------------------------------------------------------------- products
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """K @ M for M (P,) or (P, k): per block G V A (KFAC) or its eigen-form (EKFAC)."""
+        return self._apply(M, lambda blk, V: blk.matmat(V), f"product of {type(self).__name__}")
+
+    def _apply(self, M: torch.Tensor, fn, what: str) -> torch.Tensor:
+        """fn(block, V) for every block, ``chunk_size`` columns of M at a time."""
+        M = self._check_torch_input(M)
+        blocks = self._current_blocks()
+        squeeze = M.ndim == 1
+        M = M.unsqueeze(1) if squeeze else M
+        out = by_chunks(lambda C: self._apply_blocks(blocks, C, fn), M, self.chunk_size)
+        checks.check_finite(out, what)
+        return out.squeeze(1) if squeeze else out
+
+    def _apply_blocks(self, blocks: list[KroneckerBlock], M: torch.Tensor, fn) -> torch.Tensor:
+        out = torch.zeros_like(M)
+        slices, k = self.layout.slices, M.shape[1]
+        for blk in blocks:
+            D2 = blk.shape[0]
+            V = torch.cat([M[slices[i]].T.reshape(k, D2, -1) for i in blk.params], dim=2)
+            R = fn(blk, V)
+            widths = [self.layout.sizes[i] // D2 for i in blk.params]
+            for i, part in zip(blk.params, torch.split(R, widths, dim=2)):
+                out[slices[i]] = part.reshape(k, -1).T
+        return out
+
+    def inverse(self, damping: float, heuristic: bool = False) -> KroneckerInverse:
+        """(K + δI)⁻¹ as a LinearOperator, exact through the factors' eigendecompositions.
+
+        ``heuristic=True`` (KFAC only) gives the cheaper, approximate π-damped inverse
+        (G + √δ/π I)⁻¹ ⊗ (A + π√δ I)⁻¹ of Martens & Grosse (2015), π² = (tr A/D₁)/(tr G/D₂).
+        """
+        return KroneckerInverse(self, _check_damping(damping), heuristic)
+
+    # ---------------------------------------------------------------- closed forms
+    def trace(self) -> float:
+        """tr K = Σ_blocks tr G · tr A (EKFAC: Σ E)."""
+        return sum(blk.trace() for blk in self._current_blocks())
+
+    def frobenius_norm(self) -> float:
+        """‖K‖_F = √(Σ_blocks ‖G‖²_F ‖A‖²_F) (EKFAC: ‖E‖_F)."""
+        return math.sqrt(sum(blk.frobenius_sq() for blk in self._current_blocks()))
+
+    def logdet(self, damping: float = 0.0) -> float:
+        """log det(K + δI) = Σ log(λ_G λ_Aᵀ + δ) (EKFAC: Σ log(E + δ)); -inf if singular."""
+        damping = _check_damping(damping)
+        return sum(blk.logdet(damping) for blk in self._current_blocks())
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Factors and settings as plain tensors / strings (``torch.load(weights_only=True)``)."""
+        return {
+            "kind": type(self).__name__,
+            "fisher": self.fisher,
+            "approx": self.approx,
+            "separate_weight_and_bias": self.separate_weight_and_bias,
+            "num_data": self.num_data,
+            "layers": {
+                name: {k: t.detach().clone() for k, t in tensors.items()}
+                for name, tensors in self._state_tensors().items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore factors saved by ``state_dict``; refuses factors that do not fit the model."""
+        if state.get("kind") != type(self).__name__:
+            raise ValueError(
+                f"this is the state of a {state.get('kind')!r}, not of a {type(self).__name__}: "
+                "load a state saved by the same operator class"
+            )
+        mine, theirs = self._state_tensors(), state["layers"]
+        if set(mine) != set(theirs):
+            raise ValueError(
+                f"the saved factors are for layers {sorted(theirs)}, this operator has layers "
+                f"{sorted(mine)}"
+            )
+        for name, tensors in mine.items():
+            for key, t in tensors.items():
+                saved = theirs[name].get(key)
+                if saved is None or tuple(saved.shape) != tuple(t.shape):
+                    shape = None if saved is None else tuple(saved.shape)
+                    raise ValueError(
+                        f"layer '{name}': saved factor {key} has shape {shape}, the model needs "
+                        f"{tuple(t.shape)}; the factors do not fit this model"
+                    )
+        loaded = {
+            name: {k: t.to(device=self.device, dtype=self.torch_dtype) for k, t in ts.items()}
+            for name, ts in theirs.items()
+        }
+        self._set_state_tensors(loaded)
+        self._mark_fresh()
+
+
+class KroneckerInverse(SymmetricTorchOperator):
+    """(K + δI)⁻¹ of a Kronecker operator, following its current factors (see ``inverse``)."""
+
+    def __init__(self, op: KroneckerOperator, damping: float, heuristic: bool) -> None:
+        self.op, self.damping, self.heuristic = op, damping, heuristic
+        self.device, self.torch_dtype = op.device, op.torch_dtype
+        super().__init__(dtype=op.dtype, shape=op.shape)
+
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        return self.op._apply(
+            M,
+            lambda blk, V: blk.inverse_matmat(V, self.damping, self.heuristic),
+            "damped inverse product",
+        )
+
+
+def _check_damping(damping) -> float:
+    damping = float(damping)
+    if not damping >= 0 or damping == float("inf"):
+        raise ValueError(
+            f"damping must be >= 0 and finite (the δ of (K + δI)⁻¹), got {damping}; "
+            "K is only positive semi-definite, so a negative δ can make K + δI singular"
+        )
+    return damping
