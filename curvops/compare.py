@@ -193,9 +193,9 @@ def _dense_route(A, Bs, k, blocks, g, damping, n_probes, seed, backend, exact, a
                 block_errors={
                     n: float((DA[s, s] - DB[s, s]).norm() / DA[s, s].norm()) for n, s in blocks
                 },
-                natural_gradient_cosine=_cosine(natA, _solve(DB, g, lam))
-                if g is not None
-                else None,
+                natural_gradient_cosine=_cosine(
+                    natA, _solve(DB, g, lam) if g is not None else None
+                ),
             )
         )
     exact_part = dict(
@@ -247,7 +247,7 @@ def _probe_route(A, Bs, k, blocks, g, damping, n_probes, seed, backend, exact, a
                 eigenvalues=np.asarray(eigB.eigenvalues),
                 cosines=torch.linalg.svdvals(UA.T @ UB).numpy(),
                 block_errors=_probe_block_errors(A, B, blocks, Z),
-                natural_gradient_cosine=_cosine(natA, natB) if g is not None else None,
+                natural_gradient_cosine=_cosine(natA, natB),
             )
         )
     exact_part = dict(
@@ -353,7 +353,9 @@ def _dtype(op) -> torch.dtype:
     return torch.float32 if np.dtype(op.dtype) == np.float32 else torch.float64
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+def _cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    if a is None or b is None:
+        return None
     a, b = a.double().cpu(), b.double().cpu()
     return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-300))
 

@@ -93,7 +93,7 @@ def plot_density(density, ax=None, path=None, log=False, title="Spectral density
 
 def plot_layers(
     names: Sequence[str],
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     ax=None,
     path=None,
     title="Per-layer top eigenvalue",
@@ -101,10 +101,10 @@ def plot_layers(
 ):
     """Bars per layer; non-finite values are drawn as hatched empty bars, labelled."""
     fig, ax = _axes(ax, size=(max(6, 0.6 * len(names)), 4))
-    values = np.asarray(values, dtype=float)
-    finite = np.isfinite(values)
+    heights = np.asarray(values, dtype=float)
+    finite = np.isfinite(heights)
     x = np.arange(len(names))
-    ax.bar(x[finite], values[finite], color="C1")
+    ax.bar(x[finite], heights[finite], color="C1")
     for i in x[~finite]:
         ax.bar(i, 0, hatch="//", edgecolor="C3", fill=False)
         ax.annotate("n/a", (i, 0), ha="center", va="bottom", color="C3")

@@ -7,7 +7,7 @@ B / N (never a mean of batch means); under "sum" every batch has weight 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ class DataLoop:
     def __iter__(self) -> Iterator[Batch]:
         batches = self.data
         if self.progress:
-            total = len(self.data) if hasattr(self.data, "__len__") else None
+            total = len(self.data) if isinstance(self.data, Sized) else None
             from tqdm.auto import tqdm  # imported only when asked for (notebook widgets)
 
             batches = tqdm(self.data, total=total, desc="curvops batches", leave=False)
@@ -115,7 +115,7 @@ class DataLoop:
                 return obj.to(device=self.device, dtype=self.dtype, non_blocking=True)
             return obj.to(device=self.device, non_blocking=True)
         if isinstance(obj, Mapping):
-            return type(obj)({k: self._move(v) for k, v in obj.items()})
+            return type(obj)({k: self._move(v) for k, v in obj.items()})  # type: ignore[call-arg]
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._move(v) for v in obj)
         return obj

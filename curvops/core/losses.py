@@ -13,6 +13,7 @@ with E_ŷ[∇ℓ ∇ℓᵀ] = ∇²ℓ per term, so the MC Fisher estimates the 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
@@ -31,8 +32,9 @@ def loss_reduction(loss_fn, reduction: str | None = None) -> str:
     return reduction
 
 
-class OutputLoss:
-    """Base of the closed forms; ``scale(f, y)`` is s, the reduction's factor."""
+class OutputLoss(ABC):
+    """The contract of a loss adapter: closed forms in output space (see the module doc);
+    ``scale(f, y)`` is s, the reduction's factor."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
         self.reduction = loss_reduction(loss_fn)
@@ -46,6 +48,24 @@ class OutputLoss:
     def term_axes(self, f: torch.Tensor) -> tuple[int, ...]:
         """Axes of f (besides the batch axis) along which ``hessian_sqrt`` columns repeat."""
         return tuple(range(1, f.ndim - 1))
+
+    @abstractmethod
+    def hessian_matmat(self, f: torch.Tensor, y: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """∇²_f L · U for U (k, *f.shape)."""
+
+    @abstractmethod
+    def sampled_grads(
+        self, f: torch.Tensor, y: torch.Tensor, num_samples: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """∇_f ℓ(f, ŷ_m) for ŷ_m ~ p(y | f): (M, *f.shape)."""
+
+    @abstractmethod
+    def true_grads(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∇_f ℓ(f, y): f.shape."""
+
+    @abstractmethod
+    def hessian_sqrt(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """S (K, *f.shape) with Σ_k S_k S_kᵀ = ∇²_f ℓ per term (unscaled by s)."""
 
     def check_targets(self, f: torch.Tensor, y: torch.Tensor) -> None:
         if y.shape != f.shape:
@@ -109,8 +129,8 @@ class CrossEntropy(OutputLoss):
                 "CrossEntropyLoss(weight=...) is not supported for GGN/KFAC; use the "
                 "unweighted loss (HessianOperator accepts any loss)"
             )
-        self.ignore_index = loss_fn.ignore_index
-        self.label_smoothing = loss_fn.label_smoothing
+        self.ignore_index: int = loss_fn.ignore_index
+        self.label_smoothing: float = loss_fn.label_smoothing
 
     def check_targets(self, f, y):
         if f.ndim < 2:

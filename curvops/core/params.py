@@ -120,7 +120,7 @@ def _check_dtype_device(params: list[torch.Tensor], names_by_id: dict) -> None:
 
 
 def _layer_layout(model: nn.Module, chosen: list, names_by_id: dict) -> ParameterLayout:
-    owner = {}
+    owner: dict[int, str] = {}
     for mod_name, module in model.named_modules():
         for p in module.parameters(recurse=False):
             owner.setdefault(id(p), mod_name or "(root)")

@@ -79,7 +79,7 @@ def _structure(model: nn.Module) -> tuple[tuple, list[torch.Tensor]]:
     rows: list[tuple] = []
     attr_tensors: list[torch.Tensor] = []
     for name, module in model.named_modules(remove_duplicate=False):
-        attrs = []
+        attrs: list[tuple[str, object]] = []
         for key, value in sorted(vars(module).items()):
             if key in _SKIP or key in _HOOKS:
                 continue

@@ -109,7 +109,7 @@ def thick_restart_lanczos(
     max_iter: int,
     ncv: int,
     seed: int = 0,
-) -> tuple[np.ndarray, torch.Tensor, np.ndarray, float]:
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray, float, torch.Tensor]:
     """k Ritz pairs by thick-restart Lanczos (Wu & Simon 2000).
 
     Basis of ncv vectors; at each restart keeps the k + (ncv − k)//2 best Ritz vectors.

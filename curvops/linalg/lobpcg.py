@@ -70,7 +70,7 @@ def lobpcg(
     which: str,
     tol: float,
     max_iter: int,
-) -> tuple[np.ndarray, torch.Tensor, np.ndarray, float]:
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray, float, torch.Tensor]:
     """k wanted pairs of A from the block X0 (P, b), b >= k, by LOBPCG.
 
     Converged: ‖A x − θ x‖ <= tol · ‖A‖, ‖A‖ estimated by the largest |Ritz value| seen.

@@ -62,7 +62,8 @@ def power_iteration(
     _check(A.size, k, tol, max_iter, momentum)
     count0, start = A.n_matvecs, time.perf_counter()
     U = torch.zeros(A.size, 0, dtype=A.dtype, device=A.device)
-    lams, info = [], []
+    lams: list[float] = []
+    info: list[tuple] = []
     for i in range(k):
         deflated = _deflated(A, U, lams)
         v = gaussian(A, 1, seed + i)[:, 0]

@@ -14,6 +14,13 @@ from curvops.operators.exact.columns import ColumnPlan
 from curvops.operators.exact.graph_cache import GraphCache
 
 
+def filled(parts: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The per-parameter results of one batch, every entry set."""
+    missing = [i for i, p in enumerate(parts) if p is None]
+    assert not missing, f"internal: no product for parameters {missing}"
+    return [p for p in parts if p is not None]
+
+
 class ExactOperator(CurvatureOperator):
     """A curvature whose products run through per-batch autograd graphs, kept between
     products by a ``GraphCache`` and split over the columns of a matmat by a ``ColumnPlan``.

@@ -21,7 +21,7 @@ from curvops.core.data import Batch
 from curvops.core.losses import output_loss
 from curvops.core.options import GGNMode, JvpMethod, check_choice
 from curvops.core.seeds import sample_generator
-from curvops.operators.exact.base import ExactOperator
+from curvops.operators.exact.base import ExactOperator, filled
 from curvops.operators.exact.columns import contiguous_columns, now
 from curvops.operators.exact.output_graph import OutputGraph
 
@@ -89,7 +89,7 @@ class GGNOperator(ExactOperator):
             HJV = self._output_matmat(graph.f.detach(), batch, JV)
             for i, r in zip(block, self._pullback(graph, block, HJV)):
                 out[i] = r
-        return out
+        return filled(out)
 
     # ---------------------------------------------------------------- the output graph
     def _graph(self, batch: Batch) -> OutputGraph:

@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from curvops.core.data import Batch
 from curvops.core.options import HvpMethod, check_choice
 from curvops.operators.exact.autograd import batched_grad
-from curvops.operators.exact.base import ExactOperator
+from curvops.operators.exact.base import ExactOperator, filled
 from curvops.operators.exact.columns import contiguous_columns
 
 
@@ -61,7 +61,7 @@ class HessianOperator(ExactOperator):
             for block in self.layout.blocks:
                 for i, r in zip(block, self._forward_over_reverse(batch, block, Vs)):
                     out[i] = r
-        return out
+        return filled(out)
 
     # ---------------------------------------------------------------- double backward
     def _double_backward(self, batch: Batch, Vs, out) -> None:

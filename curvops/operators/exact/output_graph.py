@@ -39,10 +39,10 @@ class OutputGraph:
 
     def jacobian_matmat(self, block: list[int], vs: list[torch.Tensor], step: int) -> torch.Tensor:
         """J_b V_b (k, *f.shape) for the parameters ``block`` (indices) and their vs."""
+        assert self.vjp is not None and self.u0 is not None, "call enable_reverse first"
+        vjp = self.vjp
         pairs = [
-            (self.vjp[i], v)
-            for i, v in zip(block, vs)
-            if self.vjp[i] is not None and self.vjp[i].requires_grad
+            (vjp[i], v) for i, v in zip(block, vs) if vjp[i] is not None and vjp[i].requires_grad
         ]
         if not pairs:
             return self.f.new_zeros(vs[0].shape[0], *self.f.shape)

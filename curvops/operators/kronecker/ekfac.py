@@ -54,7 +54,7 @@ class EKFACOperator(KFACOperator):
     ) -> None:
         self.eigenbasis: EigenbasisMethod = check_choice("eigenbasis", eigenbasis, EigenbasisMethod)
         self.correction: Correction = check_choice("correction", correction, Correction)
-        self._bases: list | None = None
+        self._bases: list[tuple] = []  # per layer (G basis, A basis or None); [] before compute
         self.strategies: dict[str, str] = {}
         super().__init__(model, loss_fn, data, **kw)
 
@@ -65,11 +65,11 @@ class EKFACOperator(KFACOperator):
     def refresh(self, steps: int = 1) -> None:
         """Recompute after the model moved; with eigenbasis="qr" the bases are warm-started
         from the current ones by ``steps`` QR iterations, otherwise recomputed by eigh."""
-        self._compute(warm=self.eigenbasis == "qr" and self._bases is not None, steps=steps)
+        self._compute(warm=self.eigenbasis == "qr" and bool(self._bases), steps=steps)
 
     def _compute(self, warm: bool, steps: int) -> None:
         super().compute()  # KFAC factors G, A
-        old = self._bases if warm else [(None, None)] * len(self.layers)
+        old: list[tuple] = self._bases if warm else [(None, None)] * len(self.layers)
         method = "qr" if warm else "eigh"
         self._bases = []
         for G, A, (old_g, old_a) in zip(self.G, self.A, old):

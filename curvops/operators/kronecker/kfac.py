@@ -78,20 +78,24 @@ class KFACOperator(KroneckerOperator):
         return batch_weight(self.reduction, batch.size, self.num_data)
 
     def _zeros(self, layer: Layer):
-        like = {"device": self.device, "dtype": self.torch_dtype}
-        G = torch.zeros(layer.out_dim, layer.out_dim, **like)
+        device, dtype = self.device, self.torch_dtype
+        G = torch.zeros(layer.out_dim, layer.out_dim, device=device, dtype=dtype)
         D1 = layer.in_dim if layer.weight is not None else 0
-        return [G, torch.zeros(D1, D1, **like), torch.zeros((), **like)]
+        A = torch.zeros(D1, D1, device=device, dtype=dtype)
+        return [G, A, torch.zeros((), device=device, dtype=dtype)]
 
     def _build_blocks(self, E: list[list[torch.Tensor]] | None = None, bases=None) -> None:
         """Blocks from G, A (and EKFAC's eigenvalues E / bases (Q_G, Q_A) per layer)."""
         self._blocks = []
         for i, layer in enumerate(self.layers):
             G = SymFactor(self.G[i], bases[i][0] if bases else None)
-            parts = []
+            parts: list[tuple[tuple[int, ...], SymFactor]] = []
             if layer.weight is not None:
-                A = SymFactor(self.A[i], bases[i][1] if bases else None)
-                parts.append(((layer.weight, layer.bias) if layer.joint else (layer.weight,), A))
+                A_i = self.A[i]
+                assert A_i is not None
+                A = SymFactor(A_i, bases[i][1] if bases else None)
+                joint = layer.joint and layer.bias is not None
+                parts.append(((layer.weight, layer.bias) if joint else (layer.weight,), A))  # type: ignore[arg-type]
             if layer.bias is not None and not layer.joint:
                 parts.append(((layer.bias,), SymFactor.one(self.G[i])))
             for j, (params, A) in enumerate(parts):

@@ -35,11 +35,17 @@ class Layer:
 
     @property
     def out_dim(self) -> int:
-        return self.module.weight.shape[0]
+        return _weight(self.module).shape[0]
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def weight_in_dim(module: nn.Module) -> int:
-    return module.weight[0].numel()
+    return _weight(module)[0].numel()
 
 
 def check_supported(name: str, module: nn.Module, param_names: list[str]) -> None:
