@@ -98,6 +98,37 @@ def check_torch_input(M, P: int) -> None:
         )
 
 
+def rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The states of torch's default generators that a forward pass on ``device`` can use."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def same_states(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def check_same_under_rng(
+    first: torch.Tensor, second: torch.Tensor, index: int, drew: bool = False
+) -> None:
+    """The loss of one batch under two RNG states must agree (to rounding), and the forward
+    pass must not draw from torch's generators (``drew``)."""
+    rtol = 1e-4 if first.dtype == torch.float32 else 1e-9
+    scale = float(first.detach().abs().max().clamp(min=1e-30))
+    differ = float((first - second).abs().max()) > rtol * scale
+    if differ or drew:
+        how = "differs under two random states" if differ else "draws random numbers"
+        raise ValueError(
+            f"the model's forward pass is random: the loss of batch {index} {how} (dropout "
+            "or attention dropout, F.dropout / scaled_dot_product_attention(dropout_p=) in forward, nn.RReLU in "
+            "train mode, stochastic depth, a Hugging Face model left in train mode), so every "
+            "product would see another function. Call model.eval() (or set those "
+            "probabilities to 0) before building the operator"
+        )
+
+
 def assert_deterministic(first: torch.Tensor, second: torch.Tensor, what: str) -> None:
     """Two evaluations of the same quantity must agree (to rounding)."""
     rtol = 1e-4 if first.dtype == torch.float32 else 1e-9

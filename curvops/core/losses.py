@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from curvops.core.seeds import PointSampler
+
 SUPPORTED = "nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss"
 
 
@@ -55,9 +57,9 @@ class OutputLoss(ABC):
 
     @abstractmethod
     def sampled_grads(
-        self, f: torch.Tensor, y: torch.Tensor, num_samples: int, generator: torch.Generator
+        self, f: torch.Tensor, y: torch.Tensor, num_samples: int, sampler: PointSampler
     ) -> torch.Tensor:
-        """∇_f ℓ(f, ŷ_m) for ŷ_m ~ p(y | f): (M, *f.shape)."""
+        """∇_f ℓ(f, ŷ_m) for ŷ_m ~ p(y | f): (M, *f.shape); draws keyed per data point."""
 
     @abstractmethod
     def true_grads(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,8 +83,8 @@ class MSE(OutputLoss):
     def hessian_matmat(self, f, y, U):
         return U * (2.0 * self.scale(f, y))
 
-    def sampled_grads(self, f, y, num_samples, generator):
-        eps = torch.randn((num_samples, *f.shape), generator=generator, **_like(f))
+    def sampled_grads(self, f, y, num_samples, sampler):
+        eps = sampler.normal((num_samples, *f.shape), f.dtype)
         return math.sqrt(2.0) * eps  # 2 (f − ŷ), ŷ = f + ε / √2
 
     def true_grads(self, f, y):
@@ -107,9 +109,9 @@ class BCEWithLogits(OutputLoss):
         p = torch.sigmoid(f)
         return U * (p * (1 - p) * self.scale(f, y))
 
-    def sampled_grads(self, f, y, num_samples, generator):
+    def sampled_grads(self, f, y, num_samples, sampler):
         p = torch.sigmoid(f).expand(num_samples, *f.shape)
-        return p - torch.bernoulli(p, generator=generator)
+        return p - (sampler.uniform(tuple(p.shape), f.dtype) < p).to(f.dtype)
 
     def true_grads(self, f, y):
         return torch.sigmoid(f) - y
@@ -186,13 +188,15 @@ class CrossEntropy(OutputLoss):
             HU = HU * mask
         return HU * self.scale(f, y)
 
-    def sampled_grads(self, f, y, num_samples, generator):
+    def sampled_grads(self, f, y, num_samples, sampler):
+        """Classes by inverse CDF: ŷ = #{c : cdf_c < u}, one u per (sample, point, position)."""
         p = torch.softmax(f, dim=1)
-        classes = torch.movedim(p, 1, -1).reshape(-1, f.shape[1])
-        draws = torch.multinomial(classes, num_samples, replacement=True, generator=generator)
-        onehot = torch.nn.functional.one_hot(draws.T, f.shape[1]).to(f.dtype)
-        onehot = onehot.reshape(num_samples, f.shape[0], *f.shape[2:], f.shape[1])
-        g = p - torch.movedim(onehot, -1, 2)
+        C = f.shape[1]
+        u = sampler.uniform((num_samples, f.shape[0], *f.shape[2:]), torch.float64)
+        cdf = torch.cumsum(p.to(torch.float64), dim=1)  # (B, C, ...)
+        draws = (cdf.unsqueeze(0) < u.unsqueeze(2)).sum(dim=2).clamp(max=C - 1)  # (M, B, ...)
+        onehot = torch.movedim(torch.nn.functional.one_hot(draws, C).to(f.dtype), -1, 2)
+        g = p - onehot
         mask = self._mask(f, y)
         return g * mask if mask is not None else g
 
@@ -248,7 +252,3 @@ def _feature_eye(f: torch.Tensor) -> torch.Tensor:
     K = f.shape[-1]
     eye = torch.eye(K, dtype=f.dtype, device=f.device)
     return eye.reshape(K, *([1] * (f.ndim - 1)), K).expand(K, *f.shape)
-
-
-def _like(t: torch.Tensor) -> dict:
-    return {"dtype": t.dtype, "device": t.device}

@@ -120,6 +120,7 @@ class CurvatureOperator(SymmetricTorchOperator):
         self._watch = ModelWatch(model)
         self._fresh: Token = self._watch.token()
         self._token: Token = self._fresh  # the model's token during the current product
+        self._refuse_random_forward()
         if check_deterministic:
             self._check_deterministic()
 
@@ -251,6 +252,7 @@ class CurvatureOperator(SymmetricTorchOperator):
         checks.check_module_modes(self.model)
         if (token or self._watch.token()) == self._fresh:
             return
+        self._check_params_in_model()
         if self.on_stale == "raise":
             raise StaleOperatorError(
                 f"{type(self).__name__} is stale: the model changed after it was built (an "
@@ -259,6 +261,18 @@ class CurvatureOperator(SymmetricTorchOperator):
                 "operator with on_stale='recompute'"
             )
         self.refresh()
+
+    def _check_params_in_model(self) -> None:
+        """Refuse to go on when a parameter of the operator is no longer the model's (replaced
+        by a new tensor): products would differentiate a tensor the model does not use."""
+        current = {id(p) for p in self.model.parameters()}
+        for name, p in zip(self.layout.names, self.layout.params):
+            if id(p) not in current:
+                raise StaleOperatorError(
+                    f"parameter '{name}' of {type(self).__name__} is no longer a parameter of "
+                    "the model (it was replaced by a new tensor, e.g. module.weight = "
+                    "nn.Parameter(...)); build a new operator for the new parameters"
+                )
 
     # ---------------------------------------------------------------- helpers
     def _forward(self, X):
@@ -293,7 +307,26 @@ class CurvatureOperator(SymmetricTorchOperator):
         checks.check_torch_input(M, self.shape[0])
         return M.to(device=self.device, dtype=self.torch_dtype)
 
+    def _refuse_random_forward(self) -> None:
+        """Refuse a random forward pass (dropout of any kind, RReLU, stochastic depth, ...):
+        the loss of the first batch under two RNG states, and whether torch's generators
+        moved during it. Two forward passes of one batch, once; the user's RNG is restored."""
+        batch = next(iter(self._loop), None)
+        if batch is None:  # a distributed rank without data
+            return
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index or 0] if cuda else []
+        losses, moved = [], False
+        with torch.no_grad(), self._forward_context(), torch.random.fork_rng(devices=devices):
+            for seed in (1234, 4321):
+                torch.manual_seed(seed)
+                before = checks.rng_states(self.device)
+                losses.append(self._batch_loss(batch))
+                moved = moved or not checks.same_states(before, checks.rng_states(self.device))
+        checks.check_same_under_rng(losses[0], losses[1], batch.index, moved)
+
     def _check_deterministic(self) -> None:
+        """Every batch's loss twice, and one product from two full data passes (no cache)."""
         with torch.no_grad(), self._forward_context():
             for batch in self._loop:
                 checks.assert_deterministic(
@@ -301,9 +334,12 @@ class CurvatureOperator(SymmetricTorchOperator):
                 )
         gen = torch.Generator().manual_seed(0)
         v = torch.randn(self.shape[0], generator=gen, dtype=self.torch_dtype).to(self.device)
-        checks.assert_deterministic(
-            self.torch_matmat(v), self.torch_matmat(v), "matrix-vector product"
-        )
+        first = self.torch_matmat(v)
+        self._forget_cached_passes()
+        checks.assert_deterministic(first, self.torch_matmat(v), "matrix-vector product")
+
+    def _forget_cached_passes(self) -> None:
+        """Drop what a product reuses from earlier data passes (the exact operators' graphs)."""
 
     def __repr__(self) -> str:
         blocks = f", blocks={len(self.layout.blocks)}" if len(self.layout.blocks) > 1 else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.functional import hessian
 from torch.func import functional_call, jacrev
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def concat_data(data):
@@ -43,7 +44,8 @@ def dense_hessian(model, loss_fn, data, params=None):
     params = list(params or [p for p in model.parameters() if p.requires_grad])
     call, flat0 = _flat_fn(model, params)
     X, y = concat_data(data)
-    return hessian(lambda w: loss_fn(call(w, X), y), flat0)
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no 2nd derivative
+        return hessian(lambda w: loss_fn(call(w, X), y), flat0)
 
 
 def dense_ggn(model, loss_fn, data, params=None):

@@ -48,6 +48,9 @@ class ExactOperator(CurvatureOperator):
         self._plan = ColumnPlan.for_model(column_mode, model, chunk_size, num_params)
         super().__init__(model, loss_fn, data, chunk_size=chunk_size, **kwargs)
 
+    def _forget_cached_passes(self) -> None:
+        self._cache.clear()
+
     def _plans_columns(self) -> bool:
         """Whether a matmat's columns go through the column plan (else one batched pass)."""
         return True

@@ -20,7 +20,7 @@ from curvops.core.checks import check_count
 from curvops.core.data import Batch
 from curvops.core.losses import output_loss
 from curvops.core.options import GGNMode, JvpMethod, check_choice
-from curvops.core.seeds import sample_generator
+from curvops.core.seeds import PointSampler
 from curvops.operators.exact.base import ExactOperator, filled
 from curvops.operators.exact.columns import contiguous_columns, now
 from curvops.operators.exact.output_graph import OutputGraph
@@ -174,8 +174,8 @@ class GGNOperator(ExactOperator):
         if self.mode == "exact":
             return loss.hessian_matmat(f, batch.y, U)
         if self.mode == "mc":
-            gen = sample_generator(self.seed, batch, f.device)
-            g = loss.sampled_grads(f, batch.y, self.mc_samples, gen) / self.mc_samples**0.5
+            sampler = PointSampler(self.seed, batch, f.device)
+            g = loss.sampled_grads(f, batch.y, self.mc_samples, sampler) / self.mc_samples**0.5
         else:
             g = loss.true_grads(f, batch.y).unsqueeze(0)  # (1, B, ...)
         g = g.flatten(start_dim=2)  # (M, B, D)

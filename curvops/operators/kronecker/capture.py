@@ -20,7 +20,7 @@ import torch
 
 from curvops.core.data import Batch
 from curvops.core.losses import OutputLoss
-from curvops.core.seeds import sample_generator
+from curvops.core.seeds import PointSampler
 from curvops.operators.kronecker.layers import Layer, layer_inputs, output_grads
 
 
@@ -136,8 +136,10 @@ class BatchCollector:
             U = loss.hessian_sqrt(f, y) * math.sqrt(scale)
             return _split_by_term(U, loss.term_axes(f), max_columns)
         if self.fisher == "mc":
-            gen = sample_generator(self.seed, batch, f.device)
-            U = loss.sampled_grads(f, y, self.mc_samples, gen) * math.sqrt(scale / self.mc_samples)
+            sampler = PointSampler(self.seed, batch, f.device)
+            U = loss.sampled_grads(f, y, self.mc_samples, sampler) * math.sqrt(
+                scale / self.mc_samples
+            )
         else:
             U = loss.true_grads(f, y).unsqueeze(0) * math.sqrt(scale)
         return iter(torch.split(U, max_columns))

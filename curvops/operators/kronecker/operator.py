@@ -80,6 +80,22 @@ class KroneckerOperator(CurvatureOperator):
         if check_deterministic:
             self._check_deterministic()
 
+    def _check_deterministic(self) -> None:
+        """Compute the factors from a second full data pass and compare them with the first."""
+        first = {
+            (layer, key): t.clone()
+            for layer, tensors in self._state_tensors().items()
+            for key, t in tensors.items()
+        }
+        self.compute()
+        for layer, tensors in self._state_tensors().items():
+            for key, t in tensors.items():
+                if key.startswith("Q"):  # eigenvectors: signs are arbitrary, E and G, A decide
+                    continue
+                checks.assert_deterministic(
+                    first[layer, key], t, f"factor {key} of layer '{layer}'"
+                )
+
     # ---------------------------------------------------------------- to implement
     def compute(self) -> None:
         """(Re)compute the blocks from the data at the current parameters; idempotent."""

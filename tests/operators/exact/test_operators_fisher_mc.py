@@ -49,3 +49,46 @@ def test_mc_fisher_does_not_depend_on_batch_order():
     a = curvops.GGNOperator(model, loss_fn, data, mode="mc", seed=1).to_dense()
     b = curvops.GGNOperator(model, loss_fn, data[::-1], mode="mc", seed=1).to_dense()
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _shuffled_loader(data, seed):
+    X = torch.cat([x for x, _ in data])
+    y = torch.cat([t for _, t in data])
+    dataset = torch.utils.data.TensorDataset(X, y)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=5, shuffle=True, generator=gen)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse", "bce"])
+def test_mc_fisher_is_one_matrix_under_a_shuffled_dataloader(loss):
+    """The sampled labels follow each data point, not its batch: another batching of the
+    same points (a shuffling DataLoader reshuffles before every product) gives the same
+    matrix, for the GGN operator and for KFAC's MC factors."""
+    model, loss_fn, data = make_problem("mlp_tanh", loss)
+    model = model.double()
+    data = [(x.double(), t.double() if t.is_floating_point() else t) for x, t in data]
+    loader = _shuffled_loader(data, 0)
+    ref = curvops.GGNOperator(model, loss_fn, data, mode="mc", seed=2).to_dense()
+    op = curvops.GGNOperator(model, loss_fn, loader, mode="mc", seed=2)
+    for _ in range(2):  # every to_dense() pass sees a new order and new batches
+        torch.testing.assert_close(op.to_dense(), ref, rtol=1e-10, atol=1e-12)
+    kfac = curvops.KFACOperator(model, loss_fn, data, fisher="mc", seed=2).to_dense()
+    shuffled = curvops.KFACOperator(model, loss_fn, loader, fisher="mc", seed=2).to_dense()
+    torch.testing.assert_close(shuffled, kfac, rtol=1e-10, atol=1e-12)
+
+
+def test_point_sampler_draws_do_not_depend_on_the_batch():
+    from curvops.core.data import Batch
+    from curvops.core.seeds import PointSampler
+
+    X = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(6)
+    whole = PointSampler(7, Batch(X, y, 6, 0), X.device).uniform((4, 6, 2), torch.float64)
+    part = PointSampler(7, Batch(X[[4, 1]], y[[4, 1]], 2, 3), X.device)
+    torch.testing.assert_close(part.uniform((4, 2, 2), torch.float64), whole[:, [4, 1]])
+    assert float(whole.min()) > 0 and float(whole.max()) < 1
+    # roughly uniform: mean 1/2, variance 1/12 over many draws
+    many = PointSampler(1, Batch(X, y, 6, 0), X.device).uniform((2000, 6, 5), torch.float64)
+    assert abs(float(many.mean()) - 0.5) < 0.01 and abs(float(many.var()) - 1 / 12) < 0.005
+    normal = PointSampler(1, Batch(X, y, 6, 0), X.device).normal((2000, 6, 5), torch.float64)
+    assert abs(float(normal.mean())) < 0.02 and abs(float(normal.var()) - 1) < 0.03
