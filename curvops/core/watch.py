@@ -128,14 +128,23 @@ def _values(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
     device = tensors[0].device
-    rows = []
-    for t in tensors:
-        flat = t.reshape(-1)
-        if flat.is_complex():
-            flat = torch.view_as_real(flat).reshape(-1)
-        if not flat.is_floating_point():
-            flat = flat.to(torch.float64)
-        lag = torch.dot(flat[1:], flat[:-1]) if flat.numel() > 1 else flat.new_zeros(())
-        stats = torch.stack([flat.abs().sum(), flat.norm(), flat.sum(), lag])
-        rows.append(stats.to(device=device, dtype=torch.float64))
-    return torch.cat(rows)
+    flats = [_real_flat(t) for t in tensors]
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(flats):  # foreach kernels need one dtype and device per call
+        groups.setdefault((f.dtype, f.device), []).append(i)
+    stats: list[torch.Tensor | None] = [None] * len(flats)
+    for members in groups.values():
+        fs = [flats[i] for i in members]
+        l1, l2 = torch._foreach_norm(fs, 1), torch._foreach_norm(fs, 2)
+        for i, f, a, b in zip(members, fs, l1, l2):
+            lag = torch.dot(f[1:], f[:-1]) if f.numel() > 1 else f.new_zeros(())
+            stats[i] = torch.stack([a, b, f.sum(), lag]).to(device=device, dtype=torch.float64)
+    return torch.cat([s for s in stats if s is not None])
+
+
+def _real_flat(t: torch.Tensor) -> torch.Tensor:
+    """t as a flat real floating-point vector (a view where possible)."""
+    flat = t.reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    return flat if flat.is_floating_point() else flat.to(torch.float64)
