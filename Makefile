@@ -5,7 +5,7 @@ export NO_MKDOCS_2_WARNING := 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint format bench bench-check bench-venv clean
+.PHONY: demo test test-floor docs lint format bench bench-check bench-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The declared dependency floors (numpy 2.0, scipy 1.13) beside torch 2.13, on the algorithm
+# and operator tests: pyproject's lower bounds are tested, not guessed.
+test-floor:
+	$(PYTHON) -m venv .venv-floor
+	.venv-floor/bin/python -m pip install -q "torch==2.13.0" "numpy==2.0.*" "scipy==1.13.*"
+	.venv-floor/bin/python -m pip install -q --no-deps -e .
+	.venv-floor/bin/python -m pip install -q "einops>=0.7" "tqdm>=4.60" "pytest>=7" "hypothesis>=6.80"
+	.venv-floor/bin/python -m pytest -q -p no:cacheprovider tests/linalg tests/operators/exact tests/core/test_watch.py
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
