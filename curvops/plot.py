@@ -149,6 +149,7 @@ def plot_comparison(comparison, path=None):
 
 
 def _block_errors(comparison, ax):
+    """Bars of the per-block relative errors; a zero exact block is a labelled, hatched slot."""
     reports = comparison.approximations
     blocks = list(reports[0].block_errors) if reports and reports[0].block_errors else []
     if not blocks:
@@ -159,11 +160,27 @@ def _block_errors(comparison, ax):
     width = 0.8 / len(reports)
     x = np.arange(len(blocks))
     for i, a in enumerate(reports):
-        errors = np.array([a.block_errors[b] for b in blocks])
-        ax.bar(x + i * width, errors, width, label=f"{a.name} (all: {a.frobenius_error:.2f})")
-        for j in np.flatnonzero(errors < 1e-6):  # an exact block: say so, not an empty slot
+        errors = np.array([a.block_errors[b] for b in blocks], dtype=float)
+        shown = np.where(np.isfinite(errors), errors, 0.0)
+        ax.bar(x + i * width, shown, width, label=f"{a.name} (all: {a.frobenius_error:.2f})")
+        for j in np.flatnonzero(np.isfinite(errors) & (errors < 1e-6)):  # exact: say so
             ax.annotate("0", (x[j] + i * width, 0), ha="center", va="bottom", fontsize=8)
+    finite = [e for a in reports for e in a.block_errors.values() if np.isfinite(e)]
+    top = 1.3 * max(finite, default=0.0) or 1.0
+    for pos, b in zip(x, blocks):
+        if not np.isfinite(reports[0].block_errors[b]):
+            _zero_block(ax, pos - width / 2, 0.8, top)
     _tick_labels(ax, x + 0.4 - width / 2, blocks)
     ax.set(ylabel="‖A_bb − B_bb‖_F / ‖A_bb‖_F", title="Relative error per block")
-    ax.set_ylim(top=1.3 * max(max(a.block_errors.values()) for a in reports) or 1.0)
+    ax.set_ylim(0, top)
     ax.legend(loc="upper left")
+
+
+def _zero_block(ax, left: float, width: float, top: float) -> None:
+    """A hatched slot saying the exact block is zero (its relative error is undefined)."""
+    ax.bar(left, top, width, align="edge", fill=False, hatch="//", edgecolor="0.7", lw=0)
+    ax.text(
+        left + width / 2, top / 2, "zero exact block\nrel. error undefined",
+        rotation=90, ha="center", va="center", fontsize=8, color="0.35",
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5},
+    )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import curvops
@@ -49,8 +50,18 @@ def _prepare(args):
 
 
 def _write(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    """results.json, strict JSON: a NaN or inf (an undefined number) is written as null."""
+    text = json.dumps(_finite(results), indent=2, allow_nan=False)
+    (out / "results.json").write_text(text)
     print(f"wrote {out / 'results.json'}")
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def run_spectrum(args) -> dict:

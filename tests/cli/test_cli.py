@@ -174,6 +174,48 @@ def test_compare_kfac_ekfac(factory_file, tmp_path, capsys):
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
+SHIFTED = """
+import torch
+from torch import nn
+
+
+class Shifted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head, self.shift = nn.Linear(4, 5), nn.Linear(5, 3), nn.Linear(5, 1)
+
+    def forward(self, X):
+        h = torch.tanh(self.body(X))
+        return self.head(h) + self.shift(h)  # softmax ignores the shift: zero GGN block
+
+
+def make():
+    torch.manual_seed(0)
+    data = [(torch.randn(n, 4), torch.randint(0, 3, (n,))) for n in (8, 8, 5)]
+    return Shifted(), nn.CrossEntropyLoss(), data
+"""
+
+
+def _no_nan(token):
+    raise ValueError(f"results.json holds {token}: not valid JSON")
+
+
+def test_compare_with_a_zero_exact_block(tmp_path, capsys):
+    (tmp_path / "shifted.py").write_text(textwrap.dedent(SHIFTED))
+    out = tmp_path / "cmp"
+    argv = ["compare", f"{tmp_path / 'shifted.py'}:make", "--approx", "kfac,ekfac", "--k", 3]
+    code, stdout, err = run([*argv, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "zero exact curvature" in stdout
+    results = json.loads((out / "results.json").read_text(), parse_constant=_no_nan)
+    assert results["zero_blocks"] == ["shift.weight", "shift.bias"]
+    for report in results["approximations"]:
+        assert report["block_errors"]["shift.weight"] is None
+        assert report["block_status"]["shift.bias"] == "zero exact block"
+        assert 0 < report["block_errors"]["body.weight"] < 1
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
 # ------------------------------------------------------------------ user errors
 def error_line(code, stdout, err) -> str:
     """The single stderr line of a failed command (no traceback)."""

@@ -149,6 +149,10 @@ class EKFACOperator(KFACOperator):
         self.strategies[name] = strategy
         return strategy
 
+    def _settings(self) -> dict[str, Any]:
+        """KFAC's settings, and how E and the bases were computed (both refused if different)."""
+        return {**super()._settings(), "correction": self.correction, "eigenbasis": self.eigenbasis}
+
     def _state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         out = super()._state_tensors()
         for layer, (basis_g, basis_a), E in zip(self.layers, self._bases, self.E):

@@ -25,6 +25,7 @@ from curvops.operators.chunks import by_chunks
 from curvops.operators.kronecker.algebra import KroneckerBlock
 from curvops.operators.kronecker.capture import BatchCollector
 from curvops.operators.kronecker.layers import group_by_module, make_layers, param_blocks
+from curvops.operators.kronecker.state import check_layers, check_settings
 
 __all__ = ["KroneckerInverse", "KroneckerOperator", "StaleOperatorError"]
 
@@ -166,14 +167,30 @@ class KroneckerOperator(CurvatureOperator):
         return sum(blk.logdet(damping) for blk in self._current_blocks())
 
     # ---------------------------------------------------------------- state
+    def _settings(self) -> dict[str, Any]:
+        """Every setting saved with the factors (plain strings, numbers and bools)."""
+        return {
+            "fisher": self.fisher,
+            "mc_samples": self.mc_samples,
+            "seed": self.seed,
+            "approx": self.approx,
+            "separate_weight_and_bias": self.separate_weight_and_bias,
+            "num_data": self.num_data,
+        }
+
+    def _matrix_settings(self) -> dict[str, Any]:
+        """The settings that shape the matrix: a loaded state must match them all."""
+        settings = self._settings()
+        if self.fisher != "mc":  # the sampling settings matter to MC labels only
+            settings.pop("mc_samples")
+            settings.pop("seed")
+        return settings
+
     def state_dict(self) -> dict[str, Any]:
         """Factors and settings as plain tensors / strings (``torch.load(weights_only=True)``)."""
         return {
             "kind": type(self).__name__,
-            "fisher": self.fisher,
-            "approx": self.approx,
-            "separate_weight_and_bias": self.separate_weight_and_bias,
-            "num_data": self.num_data,
+            **self._settings(),
             "layers": {
                 name: {k: t.detach().clone() for k, t in tensors.items()}
                 for name, tensors in self._state_tensors().items()
@@ -181,30 +198,25 @@ class KroneckerOperator(CurvatureOperator):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore factors saved by ``state_dict``; refuses factors that do not fit the model."""
+        """Restore the factors saved by ``state_dict``, after checking them; nothing is adopted.
+
+        Refused with a ValueError naming the setting and both values: another operator
+        class, fisher, approx, separate_weight_and_bias, num_data, with fisher="mc" also
+        mc_samples and seed (EKFAC: also correction and eigenbasis). Refused naming the
+        layer and the factor: missing, extra or misshapen factors, NaN / inf, a G or A that
+        is not symmetric or not PSD, an EKFAC basis Q that is not orthonormal, a negative E.
+        The checks take one eigvalsh per factor (O(D³), like the factors' eigendecompositions).
+        """
         if state.get("kind") != type(self).__name__:
             raise ValueError(
                 f"this is the state of a {state.get('kind')!r}, not of a {type(self).__name__}: "
                 "load a state saved by the same operator class"
             )
-        mine, theirs = self._state_tensors(), state["layers"]
-        if set(mine) != set(theirs):
-            raise ValueError(
-                f"the saved factors are for layers {sorted(theirs)}, this operator has layers "
-                f"{sorted(mine)}"
-            )
-        for name, tensors in mine.items():
-            for key, t in tensors.items():
-                saved = theirs[name].get(key)
-                if saved is None or tuple(saved.shape) != tuple(t.shape):
-                    shape = None if saved is None else tuple(saved.shape)
-                    raise ValueError(
-                        f"layer '{name}': saved factor {key} has shape {shape}, the model needs "
-                        f"{tuple(t.shape)}; the factors do not fit this model"
-                    )
+        check_settings(state, self._matrix_settings())
+        check_layers(state.get("layers"), self._state_tensors())
         loaded = {
             name: {k: t.to(device=self.device, dtype=self.torch_dtype) for k, t in ts.items()}
-            for name, ts in theirs.items()
+            for name, ts in state["layers"].items()
         }
         self._set_state_tensors(loaded)
         self._mark_fresh()

@@ -1,0 +1,97 @@
+"""``compare``: check and align the operators, then take the dense or the probe route."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from curvops.compare.align import align, find_blocks
+from curvops.compare.report import Comparison
+from curvops.compare.routes import Job, dense_route, probe_route
+from curvops.interface import TorchMatmat, torch_matmat
+
+
+def compare(
+    exact,
+    approx,
+    k: int = 10,
+    n_probes: int = 100,
+    seed: int = 0,
+    gradient=None,
+    damping: float | None = None,
+    dense_max: int = 3000,
+    backend: str = "lanczos",
+    exact_name: str | None = None,
+) -> Comparison:
+    """Compare ``exact`` with one or several approximations (an operator, list or dict name -> op).
+
+    Operators with ``params`` (curvops operators) must hold the same tensors (by identity):
+    another order is aligned to the exact operator's, another set is a ValueError naming the
+    parameters that differ. Operators without ``params`` are compared by shape only, in the
+    order they come. Per-block errors use the blocks of the first operator that has them
+    (exact first), taken as parameter groups. ``gradient`` (P,): the direction for the
+    natural-gradient cosine; by default the loss gradient when ``exact`` has ``gradient()``.
+    ``damping``: λ for (A + λI)⁻¹ (default: 1e-3 · λ_max(A)). ``dense_max``: largest P for
+    the exact, dense route (``Comparison.method`` says which route was taken).
+    """
+    start = time.perf_counter()
+    ops = _named(approx)
+    aligned = {name: align(exact, op, name) for name, op in ops.items()}
+    A = torch_matmat(exact)
+    for name, (op, _) in aligned.items():
+        size = _size(op)
+        if size != A.size:
+            raise ValueError(
+                f"{name} has size {size}, the exact operator {A.size}: compare needs one shape"
+            )
+    if not 0 < k < A.size:
+        raise ValueError(f"k must be in [1, P) with P={A.size}, got {k}")
+    job = Job(
+        exact=exact, A=A,
+        approx={name: op for name, (op, _) in aligned.items()},
+        matched_by={name: how for name, (_, how) in aligned.items()},
+        k=k, blocks=find_blocks(exact, list(ops.values())), g=_gradient(exact, gradient, A),
+        damping=damping, n_probes=n_probes, seed=seed, backend=backend,
+    )  # fmt: skip
+    dense = A.size <= dense_max
+    exact_part, reports = (dense_route if dense else probe_route)(job)
+    return Comparison(
+        exact_name=exact_name or type(exact).__name__,
+        **exact_part,
+        approximations=reports,
+        method="dense" if dense else "hutchinson",
+        k=k,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _size(op) -> int:
+    shape = getattr(op, "shape", None)
+    return int(shape[0]) if shape is not None else torch_matmat(op).size
+
+
+def _named(approx) -> dict:
+    if isinstance(approx, dict):
+        return dict(approx)
+    ops = approx if isinstance(approx, (list, tuple)) else [approx]
+    names: dict = {}
+    for op in ops:
+        base = getattr(op, "name", None) or type(op).__name__.removesuffix("Operator")
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names[name] = op
+    return names
+
+
+def _gradient(exact, gradient, A: TorchMatmat):
+    if gradient is None:
+        return exact.gradient().double() if hasattr(exact, "gradient") else None
+    g = torch.as_tensor(
+        np.asarray(gradient) if not isinstance(gradient, torch.Tensor) else gradient
+    )
+    if g.shape != (A.size,):
+        raise ValueError(f"gradient must have shape ({A.size},), got {tuple(g.shape)}")
+    return g.double()
