@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from curvops.interface import TorchMatmat
@@ -33,12 +34,19 @@ def rademacher(A: TorchMatmat, n: int, seed: int, chunk: int | None = None):
 
 
 def start_vector(A: TorchMatmat, v0, seed: int) -> torch.Tensor:
-    """The user's ``v0`` (numpy or torch, (P,)) on ``A.device``, or a seeded Gaussian one."""
+    """The user's ``v0`` (numpy or torch, (P,) or (P, 1)) on ``A.device``, or a seeded
+    Gaussian one; a complex, non-finite or zero ``v0`` is refused."""
     if v0 is None:
         return gaussian(A, 1, seed)[:, 0]
-    v = torch.as_tensor(v0).reshape(-1)
-    if v.shape[0] != A.size:
-        raise ValueError(f"v0 has {v.shape[0]} entries; the operator has P = {A.size}")
+    v = torch.as_tensor(v0.detach() if isinstance(v0, torch.Tensor) else np.asarray(v0))
+    if v.ndim not in (1, 2) or (v.ndim == 2 and v.shape[1] != 1) or v.shape[0] != A.size:
+        raise ValueError(
+            f"v0 has {v.numel()} entries (shape {tuple(v.shape)}); the operator has P = "
+            f"{A.size}: pass a vector (P,)"
+        )
+    if v.is_complex():
+        raise TypeError(f"v0 is complex ({v.dtype}); pass a real vector")
+    v = v.reshape(-1).to(torch.float64)
     if not torch.isfinite(v).all() or not v.abs().max() > 0:
         raise ValueError("v0 must be a finite, nonzero vector")
     return v.to(device=A.device, dtype=A.dtype)

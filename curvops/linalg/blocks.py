@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvops.interface import TorchMatmat, torch_matmat
-from curvops.linalg.eigsh import eigsh
+from curvops.core.errors import NotSymmetricError
+from curvops.interface import SYMMETRY_EPS, TorchMatmat, probe_symmetry, torch_matmat
+from curvops.linalg._checks import check_number
+from curvops.linalg.eigsh import BACKENDS, eigsh
 from curvops.linalg.results import BlockEigenvalues
 
 DENSE_MAX = 32  # blocks up to this size: dense eigh of the block (one matmat of its columns)
@@ -32,7 +35,10 @@ def block_top_eigenvalues(
     Scores: ``normalize=True`` gives |λ_b| / max_c |λ_c| in [0, 1] (else |λ_b|). A block
     whose λ_b is non-finite (the operator returned NaN / inf there) or zero (|λ_b| <=
     1e-12 · the largest |λ| of any block) gets status "non-finite" / "zero" and score
-    NaN, and never sets the maximum.
+    NaN, and never sets the maximum; a non-finite block also gives a RuntimeWarning that
+    names it and the product. Each block must be symmetric (``NotSymmetricError``):
+    curvops operators are by construction, a dense block (size <= 32) is compared with
+    its transpose, a larger one probed once (one product of 2 columns, not counted).
     """
     slices = getattr(op, "block_slices", None)
     if slices is None:
@@ -40,10 +46,18 @@ def block_top_eigenvalues(
             "block_top_eigenvalues needs an operator with blocks (block_slices); build it "
             "with blocks='layer', e.g. HessianOperator(model, loss_fn, data, blocks='layer')"
         )
+    check_number("tol", tol)
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
+        )
+    A = torch_matmat(op, check_symmetric=False, algorithm="block_top_eigenvalues")
+    slices = [_check_slice(s, A.size, i) for i, s in enumerate(slices)]
     names = list(getattr(op, "block_names", None) or [str(i) for i in range(len(slices))])
-    A = torch_matmat(op)
+    if len(names) != len(slices):
+        raise ValueError(f"{len(names)} block_names for {len(slices)} block_slices")
     count0, start = A.n_matvecs, time.perf_counter()
-    rows = [_extremes(_restrict(A, s), tol, backend) for s in slices]
+    rows = [_extremes(A, s, name, tol, backend) for s, name in zip(slices, names)]
     top, lm, conv = (np.asarray(x) for x in zip(*rows))
     statuses, scores = _scores(top, lm, normalize)
     return BlockEigenvalues(
@@ -60,25 +74,48 @@ def block_top_eigenvalues(
     )
 
 
-def _restrict(A: TorchMatmat, s: slice) -> TorchMatmat:
-    """M_b (n_b, k) -> (A [0; M_b; 0])[s]: the block's own products."""
+def _check_slice(s, P: int, i: int) -> slice:
+    """block_slices[i] as a non-empty slice(start, stop) within [0, P)."""
+    ok = isinstance(s, slice) and s.step in (None, 1)
+    ok = ok and all(isinstance(x, (int, np.integer)) for x in (s.start, s.stop))
+    if not (ok and 0 <= s.start < s.stop <= P):
+        raise ValueError(
+            f"block_slices[{i}] = {s!r} is not a non-empty slice(start, stop) within [0, P = {P})"
+        )
+    return slice(int(s.start), int(s.stop))
+
+
+def _restrict(A: TorchMatmat, s: slice, name: str, count: bool = True) -> TorchMatmat:
+    """M_b (n_b, k) -> (A [0; M_b; 0])[s]: the block's own products, counted in A's
+    ``n_matvecs`` unless ``count=False`` (the symmetry probe). Only the block's slice of
+    each product is checked (NaN elsewhere belongs to another block)."""
 
     def fn(M: torch.Tensor) -> torch.Tensor:
         full = torch.zeros(A.size, M.shape[1], dtype=A.dtype, device=A.device)
         full[s] = M
-        return A(full)[s]
+        A.n_matvecs += M.shape[1] if count else 0
+        A.n_calls += 1
+        return A.fn(full)[s]
 
-    return TorchMatmat(fn, s.stop - s.start, A.device, A.dtype)
+    label = f"{A.label}, block {name!r}"
+    return TorchMatmat(fn, s.stop - s.start, A.device, A.dtype, symmetric=A.symmetric, label=label)
 
 
-def _extremes(B: TorchMatmat, tol: float, backend: str) -> tuple[float, float, bool]:
-    """(λ_max, the eigenvalue of largest |λ|, converged) of one block; NaN if non-finite."""
+def _extremes(A: TorchMatmat, s: slice, name: str, tol: float, backend: str):
+    """(λ_max, the eigenvalue of largest |λ|, converged) of one block; NaN if non-finite
+    (with a warning naming the block and the product). A non-symmetric block raises."""
+    B = _restrict(A, s, name)
     try:
         if B.size <= DENSE_MAX:
             lm, hi, converged = _dense_extremes(B)
         else:
+            probe_symmetry(_restrict(A, s, name, count=False))
+            B.symmetric = True
             lm, hi, converged = _iterative_extremes(B, tol, backend)
-    except (FloatingPointError, sla.ArpackError, np.linalg.LinAlgError):
+    except (FloatingPointError, sla.ArpackError, np.linalg.LinAlgError) as err:
+        warnings.warn(
+            f"block {name!r} gets status 'non-finite': {err}", RuntimeWarning, stacklevel=3
+        )
         return np.nan, np.nan, False
     if not (np.isfinite(lm) and np.isfinite(hi)):
         return np.nan, np.nan, False
@@ -86,10 +123,17 @@ def _extremes(B: TorchMatmat, tol: float, backend: str) -> tuple[float, float, b
 
 
 def _dense_extremes(B: TorchMatmat) -> tuple[float, float, bool]:
-    """(λ of largest |λ|, λ_max, True) from the dense block B I (one matmat of its columns)."""
+    """(λ of largest |λ|, λ_max, True) from the dense block B I (one matmat of its columns),
+    checked symmetric to round-off unless B is symmetric by construction."""
     D = B(torch.eye(B.size, dtype=B.dtype, device=B.device)).to(torch.float64)
-    if not bool(torch.isfinite(D).all()):
-        raise FloatingPointError("the operator returned non-finite values (NaN or inf)")
+    if not B.symmetric:
+        gap, scale = float((D - D.T).abs().max()), float(D.abs().max())
+        if gap > SYMMETRY_EPS * torch.finfo(B.dtype).eps * scale:
+            raise NotSymmetricError(
+                f"the operator is not symmetric ({B.label}): max |A_bb − A_bbᵀ| = {gap:.3g} "
+                f"for max |A_bb| = {scale:.3g}; block_top_eigenvalues needs a symmetric "
+                "operator: pass its symmetric part (A + Aᵀ)/2"
+            )
     lo, hi = (float(x) for x in torch.linalg.eigvalsh((D + D.T) / 2)[[0, -1]])
     return (hi if abs(hi) >= abs(lo) else lo), hi, True
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from curvops.core.checks import check_count
 from curvops.interface import torch_matmat
+from curvops.linalg._checks import check_number, check_seed
 from curvops.linalg._probes import rademacher
 from curvops.linalg.lanczos import tridiagonalize
 from curvops.linalg.results import Density
@@ -31,26 +33,34 @@ def spectral_density(
     of several columns per step. ``grid`` (default: ``n_grid`` points spanning the nodes
     with a margin of 5σ) and ``sigma`` (default: 1% of the nodes' range) set the Gaussian
     broadening. ∫ t ρ(t) dt equals the Hutchinson estimate of tr(A) / P with the same probes.
+    A non-symmetric, complex or non-finite operator is refused as in ``eigsh``.
     """
-    if not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
-        raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
-    if not isinstance(lanczos_steps, (int, np.integer)) or lanczos_steps < 1:
-        raise ValueError(f"lanczos_steps must be an integer >= 1; got {lanczos_steps!r}")
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma must be > 0; got {sigma!r}")
-    if grid is None and n_grid < 2:
-        raise ValueError(f"n_grid must be >= 2; got {n_grid!r}")
-    if grid is not None:
-        grid = np.asarray(grid, dtype=np.float64)
-        if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
-            raise ValueError("grid must be an increasing 1-D array of at least 2 points")
-    A = torch_matmat(op)
+    grid = _check(n_probes, lanczos_steps, grid, sigma, n_grid, seed)
+    A = torch_matmat(op, algorithm="spectral_density")
     count0 = A.n_matvecs
     nodes, weights = _quadrature(A, n_probes, lanczos_steps, seed)
     sigma = float(sigma) if sigma is not None else _default_sigma(nodes)
     grid = _grid(nodes, sigma, n_grid) if grid is None else grid
     rho = _broaden(grid, nodes, weights, sigma)
     return Density(grid, rho, nodes, weights, sigma, A.n_matvecs - count0)
+
+
+def _check(n_probes, lanczos_steps, grid, sigma, n_grid, seed):
+    """Validate the arguments; returns ``grid`` as a float64 array (or None)."""
+    check_count("n_probes", n_probes, 1)
+    check_count("lanczos_steps", lanczos_steps, 1)
+    check_count("n_grid", n_grid, 2)
+    check_seed(seed)
+    if sigma is not None:
+        check_number("sigma", sigma, strict=True)
+    if grid is None:
+        return None
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 2 or not np.all(np.diff(grid) > 0):
+        raise ValueError("grid must be an increasing 1-D array of at least 2 points")
+    if not np.isfinite(grid).all():
+        raise ValueError("grid must hold finite values only")
+    return grid
 
 
 def _quadrature(A, n_probes: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,9 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
+from curvops.core.checks import check_count
 from curvops.interface import TorchMatmat, torch_matmat
+from curvops.linalg._checks import check_number, check_optional_count, check_seed
 from curvops.linalg._probes import gaussian, start_vector
 from curvops.linalg.lanczos import thick_restart_lanczos
 from curvops.linalg.lobpcg import lobpcg
@@ -66,7 +68,13 @@ def eigsh(
     norms ‖A v − λ v‖, converged flags, n_matvecs, seconds. ARPACK's residuals are recomputed
     with one final matmat (k products); Lanczos and LOBPCG take A X from the products they
     made (the Lanczos relation, LOBPCG's tracked A X), which agrees with a recomputation to
-    round-off, unless tol is within 100 machine epsilons, where they recompute too.
+    round-off for a symmetric operator, unless tol is within 100 machine epsilons, where
+    they recompute too.
+
+    Refused, never a silent wrong number: a non-symmetric operator (``NotSymmetricError``;
+    checked once by ``curvops.interface.torch_matmat``, with one probe product of 2 columns
+    not counted in ``n_matvecs`` unless ``op`` is a curvops operator or a dense matrix), a
+    complex one (TypeError), NaN or inf in any product (FloatingPointError naming it).
 
     Non-convergence is never silent: the partial result is returned with ``converged``
     False where a pair missed the tolerance, and a ``ConvergenceWarning`` says how many
@@ -74,8 +82,8 @@ def eigsh(
     keeps only its converged pairs; the missing ones are NaN with zero vectors.
     Turn the warning into an error with ``warnings.simplefilter("error", ConvergenceWarning)``.
     """
-    A = torch_matmat(op)
-    _check(A.size, k, which, backend, tol, max_iter, ncv)
+    A = torch_matmat(op, algorithm=f"eigsh, backend {backend!r}")
+    _check(A.size, k, which, backend, tol, max_iter, ncv, seed)
     tol_eff = max(float(tol), 50 * torch.finfo(A.dtype).eps)
     count0, start = A.n_matvecs, time.perf_counter()
     B, bar = _with_progress(A, progress, backend)
@@ -94,8 +102,8 @@ def eigsh(
     return res
 
 
-def _check(P, k, which, backend, tol, max_iter, ncv) -> None:
-    if not isinstance(k, (int, np.integer)) or not 0 < k < P:
+def _check(P, k, which, backend, tol, max_iter, ncv, seed) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 < k < P:
         raise ValueError(
             f"k must be an integer with 0 < k < P = {P}; got k={k!r}. For the whole "
             "spectrum of a small operator use numpy.linalg.eigh(op @ numpy.eye(P))"
@@ -106,12 +114,13 @@ def _check(P, k, which, backend, tol, max_iter, ncv) -> None:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
         )
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0; got {tol!r}")
-    if max_iter is not None and max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1 (or None); got {max_iter!r}")
-    if ncv is not None and not k < ncv <= P:
-        raise ValueError(f"ncv must satisfy k < ncv <= P, here {k} < ncv <= {P}; got {ncv!r}")
+    check_number("tol", tol)
+    check_optional_count("max_iter", max_iter, 1)
+    if ncv is not None:
+        check_count("ncv", ncv, 2)
+        if not k < ncv <= P:
+            raise ValueError(f"ncv must satisfy k < ncv <= P, here {k} < ncv <= {P}; got {ncv!r}")
+    check_seed(seed)
 
 
 def _with_progress(A: TorchMatmat, progress: bool, backend: str):
@@ -125,7 +134,7 @@ def _with_progress(A: TorchMatmat, progress: bool, backend: str):
         bar.update(M.shape[1])
         return A(M)
 
-    return TorchMatmat(fn, A.size, A.device, A.dtype), bar
+    return TorchMatmat(fn, A.size, A.device, A.dtype, symmetric=True, label=A.label), bar
 
 
 def _solve(A, x0, k, which, tol, max_iter, ncv, seed, backend):
@@ -149,10 +158,7 @@ def _solve(A, x0, k, which, tol, max_iter, ncv, seed, backend):
 def _arpack(A: TorchMatmat, x0, k, which, tol, max_iter, ncv):
     def matmat(X):
         M = torch.as_tensor(np.asarray(X).reshape(A.size, -1), dtype=A.dtype, device=A.device)
-        out = A(M)
-        if not bool(torch.isfinite(out).all()):
-            raise FloatingPointError("the operator returned non-finite values (NaN or inf)")
-        return out.to(torch.float64).cpu().numpy()
+        return A(M).to(torch.float64).cpu().numpy()
 
     lin = sla.LinearOperator(
         (A.size, A.size), matvec=matmat, matmat=matmat, rmatvec=matmat, dtype=np.float64

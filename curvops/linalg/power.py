@@ -18,7 +18,9 @@ import warnings
 import numpy as np
 import torch
 
+from curvops.core.checks import check_count
 from curvops.interface import TorchMatmat, torch_matmat
+from curvops.linalg._checks import check_number, check_seed
 from curvops.linalg._probes import gaussian
 from curvops.linalg.eigsh import ConvergenceWarning
 from curvops.linalg.results import PowerResult
@@ -56,10 +58,11 @@ def power_iteration(
     ``near_tie`` (with the two competing values in ``tie_values``) and a
     ``NearTieWarning`` is emitted; other non-convergence gives a ``ConvergenceWarning``.
     Power iteration finds the largest |λ|: for the largest λ, or ± pairs, use
-    ``eigsh(op, which="LA")``.
+    ``eigsh(op, which="LA")``. A non-symmetric, complex or non-finite operator is refused
+    as in ``eigsh``.
     """
-    A = torch_matmat(op)
-    _check(A.size, k, tol, max_iter, momentum)
+    A = torch_matmat(op, algorithm="power_iteration")
+    _check(A.size, k, tol, max_iter, momentum, seed)
     count0, start = A.n_matvecs, time.perf_counter()
     U = torch.zeros(A.size, 0, dtype=A.dtype, device=A.device)
     lams: list[float] = []
@@ -78,15 +81,16 @@ def power_iteration(
     return res
 
 
-def _check(P, k, tol, max_iter, momentum) -> None:
-    if not isinstance(k, (int, np.integer)) or not 0 < k <= P:
+def _check(P, k, tol, max_iter, momentum, seed) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 < k <= P:
         raise ValueError(f"k must be an integer with 0 < k <= P = {P}; got k={k!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0; got {tol!r}")
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1; got {max_iter!r}")
-    if not (np.isfinite(momentum) and momentum >= 0):
-        raise ValueError(f"momentum must be a finite number >= 0 (β ≈ λ_2²/4); got {momentum!r}")
+    check_number("tol", tol)
+    check_count("max_iter", max_iter, 1)
+    try:
+        check_number("momentum", momentum)
+    except ValueError as err:
+        raise ValueError(f"{err} (take β ≈ λ_2²/4, or 0 for plain power iteration)") from None
+    check_seed(seed)
 
 
 def _deflated(A: TorchMatmat, U: torch.Tensor, lams: list[float]):

@@ -2,7 +2,9 @@
 
 Probes are drawn on the CPU with a seeded ``torch.Generator`` and moved to the operator's
 device, one probe at a time: the estimates do not depend on the device, the rank, or
-``chunk`` (how many probes share one matmat).
+``chunk`` (how many probes share one matmat). As every algorithm here, they take a real
+symmetric operator (a non-symmetric one is refused by ``torch_matmat``: for a curvature
+matrix it is a wrong operator) and refuse NaN or inf in a product or an overflowing sum.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import torch
 
 from curvops.core.checks import check_count
 from curvops.interface import TorchMatmat, torch_matmat
+from curvops.linalg._checks import check_seed
 from curvops.linalg._probes import rademacher
 from curvops.linalg.results import DiagonalEstimate, TraceEstimate
 
 
 def _mean_se(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over the last axis (float64; NaN error for one sample)."""
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            f"the probes' quadratic forms overflowed in {x.dtype}: use a float64 operator"
+        )
     x = x.to(torch.float64)
     n = x.shape[-1]
     se = x.std(dim=-1) / math.sqrt(n) if n > 1 else torch.full(x.shape[:-1], math.nan)
@@ -37,8 +44,8 @@ def hutchinson_trace(op, n_probes: int = 100, seed: int = 0, chunk: int = 16) ->
 
     Standard error: sample std of z_iᵀ A z_i over √n.
     """
-    check_count("n_probes", n_probes, 1)
-    A = torch_matmat(op)
+    _check("n_probes", n_probes, 1, seed, chunk)
+    A = torch_matmat(op, algorithm="hutchinson_trace")
     count0 = A.n_matvecs
     quad = torch.cat([(Z * AZ).sum(0) for Z, AZ in _probe_products(A, n_probes, seed, chunk)])
     est, se = _mean_se(quad)
@@ -52,8 +59,8 @@ def hutchpp_trace(op, n_matvecs: int = 102, seed: int = 0, chunk: int = 16) -> T
     remaining m − 2(m//3) Rademacher probes G for the deflated remainder. The standard
     error is that of the remainder's Hutchinson part (the Q part is exact).
     """
-    check_count("n_matvecs", n_matvecs, 3)
-    A = torch_matmat(op)
+    _check("n_matvecs", n_matvecs, 3, seed, chunk)
+    A = torch_matmat(op, algorithm="hutchpp_trace")
     count0, s = A.n_matvecs, n_matvecs // 3
     g = n_matvecs - 2 * s
     probes = torch.cat(list(rademacher(A, s + g, seed)), 1)
@@ -70,12 +77,18 @@ def hutchinson_diagonal(
     op, n_probes: int = 100, seed: int = 0, chunk: int = 16
 ) -> DiagonalEstimate:
     """diag(A) ≈ (1/n) Σ_i z_i ⊙ A z_i, z_i Rademacher; per-entry standard errors (P,)."""
-    check_count("n_probes", n_probes, 1)
-    A = torch_matmat(op)
+    _check("n_probes", n_probes, 1, seed, chunk)
+    A = torch_matmat(op, algorithm="hutchinson_diagonal")
     count0 = A.n_matvecs
     samples = torch.cat([Z * AZ for Z, AZ in _probe_products(A, n_probes, seed, chunk)], 1)
     est, se = _mean_se(samples)
     return DiagonalEstimate(est, se, A.n_matvecs - count0)
+
+
+def _check(name: str, n: int, least: int, seed: int, chunk: int) -> None:
+    check_count(name, n, least)
+    check_seed(seed)
+    check_count("chunk", chunk, 1)
 
 
 def _chunked(A: TorchMatmat, M: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -32,13 +32,14 @@ def test_implicit_residuals_match_recomputed(backend, dtype):
     scale = np.abs(np.linalg.eigvalsh(A)).max()
     np.testing.assert_allclose(res.residual_norms, explicit, atol=2e-5 * scale)
     assert res.all_converged and np.all(explicit <= 2e-4 * scale)
-    assert sum(op.widths) == res.n_matvecs
+    probe, *widths = op.widths  # the symmetry probe: 2 columns, not in n_matvecs
+    assert probe == 2 and sum(widths) == res.n_matvecs
     if backend == "lanczos":  # one column per step, no final k-column matmat
-        assert set(op.widths) == {1}
+        assert set(widths) == {1}
 
 
 def test_near_round_off_recomputes():
     """tol within 100 eps of float32: the residuals come from one final matmat."""
     op = Recording(D, torch.float32)
     res = eigsh(op, k=6, which="LA", tol=1e-6, backend="lanczos")
-    assert op.widths[-1] == 6 and sum(op.widths) == res.n_matvecs
+    assert op.widths[-1] == 6 and sum(op.widths[1:]) == res.n_matvecs  # [0]: the probe
