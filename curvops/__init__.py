@@ -2,10 +2,27 @@
 
 from curvops import distributed
 from curvops.compare import Comparison, compare
+from curvops.landscapes import Landscape, landscape
 from curvops.linalg import *  # noqa: F403
 from curvops.linalg import __all__ as _linalg_all
 from curvops.operators import *  # noqa: F403
 from curvops.operators import __all__ as _operators_all
+from curvops.report import Report, ReportDiff, analyze, diff_reports
+from curvops.track import CurvatureRecord, CurvatureTracker
 
-__all__ = ["Comparison", "compare", "distributed", *_operators_all, *_linalg_all]
+__all__ = [
+    "Comparison",
+    "CurvatureRecord",
+    "CurvatureTracker",
+    "Landscape",
+    "Report",
+    "ReportDiff",
+    "analyze",
+    "compare",
+    "diff_reports",
+    "distributed",
+    "landscape",
+    *_operators_all,
+    *_linalg_all,
+]
 __version__ = "0.2.0.dev0"

@@ -122,9 +122,13 @@ def _tick_labels(ax, x, names) -> None:
 
 
 def plot_comparison(comparison, path=None):
-    """Three panels: spectra overlaid, per-block relative errors, principal-angle cosines."""
+    """Spectra overlaid, per-block relative errors, principal-angle cosines, and (when the
+    approximations report block structures, as KFAC / EKFAC do) the errors per structure."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    by_structure = any(a.structure_errors for a in comparison.approximations)
+    ncols = 4 if by_structure else 3
+    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.2), squeeze=False)
+    axes = axes[0]
     spectra = {comparison.exact_name: comparison.exact_eigenvalues}
     spectra.update({a.name: a.eigenvalues for a in comparison.approximations})
     plot_spectrum(spectra, ax=axes[0], title=f"Top-{comparison.k} eigenvalues")
@@ -144,8 +148,32 @@ def plot_comparison(comparison, path=None):
     )
     axes[2].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     axes[2].legend()
+    if by_structure:
+        _structure_errors(comparison, axes[3])
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def _structure_errors(comparison, ax):
+    """Grouped bars: per block structure, each approximation's relative error over its
+    blocks (their count below the name); an undefined one (zero exact blocks) is hatched."""
+    reports = comparison.approximations
+    structures = sorted({s for a in reports for s in a.structure_errors})
+    counts = {s: sum(v == s for v in reports[0].block_structures.values()) for s in structures}
+    width = 0.8 / len(reports)
+    x = np.arange(len(structures))
+    for i, a in enumerate(reports):
+        errors = np.array([a.structure_errors.get(s, np.nan) for s in structures], dtype=float)
+        ax.bar(x + i * width, np.where(np.isfinite(errors), errors, 0.0), width, label=a.name)
+        for j in np.flatnonzero(np.isfinite(errors)):
+            label = "0" if errors[j] < 1e-6 else f"{errors[j]:.2f}"
+            ax.annotate(label, (x[j] + i * width, errors[j]), ha="center", va="bottom", fontsize=8)
+        for j in np.flatnonzero(~np.isfinite(errors)):
+            ax.bar(x[j] + i * width, 0.05, width, fill=False, hatch="//", edgecolor="0.6")
+    labels = [f"{s}\n({counts[s]} blocks)" for s in structures]
+    ax.set_xticks(x + 0.4 - width / 2, labels)
+    ax.set(ylabel="√Σ‖A_bb − B_bb‖² / √Σ‖A_bb‖²", title="Relative error per block structure")
+    ax.legend(loc="upper left")
 
 
 def _block_errors(comparison, ax):

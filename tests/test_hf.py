@@ -61,3 +61,45 @@ def test_ggn_is_symmetric_psd_on_a_subspace(problem):
 def test_dict_batches_need_no_batch_size_fn(problem):
     model, loss_fn, data = problem
     assert curvops.GGNOperator(model, loss_fn, data).num_data == 10
+
+
+def _padded_batches(lengths_per_batch, seq_lens, vocab=32, seed=3):
+    """Right-padded token batches: pad id 0, attention_mask 0 and label -100 after each length."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for lengths, S in zip(lengths_per_batch, seq_lens):
+        ids = torch.randint(1, vocab, (len(lengths), S), generator=gen)
+        mask = (torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]).long()
+        ids = ids * mask
+        labels = torch.where(mask[:, 1:].bool(), ids[:, 1:], -100)
+        batches.append(({"input_ids": ids, "attention_mask": mask}, labels))
+    return batches
+
+
+def _pad_to(batches, S):
+    """All batches as one, right-padded to length S (causal: the valid positions see no pad)."""
+    ids, masks, labels = [], [], []
+    for X, y in batches:
+        pad = S - X["input_ids"].shape[1]
+        ids.append(torch.nn.functional.pad(X["input_ids"], (0, pad)))
+        masks.append(torch.nn.functional.pad(X["attention_mask"], (0, pad)))
+        labels.append(torch.nn.functional.pad(y, (0, pad), value=-100))
+    X = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+    return [(X, torch.cat(labels))]
+
+
+def test_padded_lm_batches_of_unequal_lengths(problem):
+    """-100 labels under the default mean: the batches give the GGN and the gradient of the
+    whole data in one padded batch (whose gradient is torch's own)."""
+    model, loss_fn, _ = problem
+    batches = _padded_batches([(8, 5, 3, 8), (6, 2, 4), (7, 7)], (8, 6, 7))
+    whole = _pad_to(batches, 8)
+    op = curvops.GGNOperator(model, loss_fn, batches)
+    one = curvops.GGNOperator(model, loss_fn, whole)
+    V = torch.randn(op.shape[0], 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(op.torch_matmat(V), one.torch_matmat(V), rtol=1e-9, atol=1e-12)
+    X, y = whole[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    truth = torch.autograd.grad(loss_fn(model(X), y), params)
+    expected = torch.cat([g.reshape(-1) for g in truth])
+    torch.testing.assert_close(op.gradient(), expected, rtol=1e-9, atol=1e-12)

@@ -1,8 +1,10 @@
 """The layering of the package, read from the imports of every module (static, no import).
 
-core < interface < operators | linalg < compare, plot < cli: operators know nothing of the
-algorithms, algorithms nothing of the operators, nothing below the top imports cli / plot /
-compare, and no package imports another package's private module or private name.
+core < interface < operators | linalg < compare, plot < report, landscapes < cli: operators
+know nothing of the algorithms, algorithms nothing of the operators, nothing below the top
+imports cli / plot / compare / report / landscapes, the report and landscape layers do not
+import cli, track and integrations (the tracker and its training-loop callbacks) sit on top
+and do not import cli, and no package imports another package's private module or private name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "curvops"
-TOP = ("curvops.cli", "curvops.plot", "curvops.compare")
+TRACKING = ("curvops.track", "curvops.integrations")  # on top: operators, linalg, compare, plot
+TOP = (
+    "curvops.cli", "curvops.plot", "curvops.compare", "curvops.report", "curvops.landscapes",
+    *TRACKING,
+)  # fmt: skip
+ABOVE_COMPARE = ("curvops.cli", "curvops.report", "curvops.landscapes", *TRACKING)
 
 # importer prefix -> module prefixes it must never import
 FORBIDDEN = {
@@ -22,6 +29,12 @@ FORBIDDEN = {
     "curvops.operators": ("curvops.linalg", *TOP),
     "curvops.linalg": ("curvops.operators", *TOP),
     "curvops.distributed": ("curvops.operators", "curvops.linalg", *TOP),
+    "curvops.compare": ABOVE_COMPARE,
+    "curvops.plot": ABOVE_COMPARE,
+    "curvops.report": ("curvops.cli",),
+    "curvops.landscapes": ("curvops.cli",),
+    "curvops.track": ("curvops.cli", "curvops.integrations"),
+    "curvops.integrations": ("curvops.cli",),
 }
 
 

@@ -44,12 +44,13 @@ def kernel_of_this_python(tmp_path, monkeypatch):
     return "python3"
 
 
-def test_three_notebooks_exist():
+def test_four_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
     assert names == [
         "01_quickstart.ipynb",
         "02_exact_vs_kronecker.ipynb",
         "03_layerwise_and_eigenbasis.ipynb",
+        "04_curvature_over_training.ipynb",
     ]
 
 
@@ -86,19 +87,24 @@ def test_runs_top_to_bottom(path, tmp_path, kernel_of_this_python):
     assert not re.search(r"\bnan\b", printed, re.IGNORECASE), printed  # no silent NaN results
 
 
-def test_readme_example_runs():
+def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     import numpy as np
+    import scipy.sparse.linalg as sla
     import torch
 
     import curvops
 
     text = (ROOT / "README.md").read_text()
     example = re.search(r"## Ten lines\n+```python\n(.*?)```", text, re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)  # the example saves its report to ./report
     torch.manual_seed(0)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    H, top, Hv = namespace["H"], namespace["top"], namespace["Hv"]
-    expected = curvops.eigsh(H, k=5, which="LA", tol=1e-6).eigenvalues  # scipy's agrees
-    np.testing.assert_allclose(np.sort(top)[::-1], expected, rtol=1e-4, atol=1e-6)
-    assert Hv.shape == (H.shape[0], 16)
-    assert namespace["G"].shape == H.shape and namespace["G"].mode == "mc"
+    report, cut, H = namespace["report"], namespace["cut"], namespace["H"]
+    assert capsys.readouterr().out.startswith("curvops report: Sequential, Hessian")
+    top = sla.eigsh(H, k=5, which="LA", return_eigenvectors=False)  # scipy consumes H directly
+    np.testing.assert_allclose(np.sort(top)[::-1], report.top.eigenvalues, rtol=1e-4, atol=1e-6)
+    assert report.trace is not None and report.density is not None and report.layers is not None
+    assert curvops.Report.load(tmp_path / "report") == report
+    assert (tmp_path / "report" / "report.png").is_file()
+    np.testing.assert_allclose(cut.rayleigh[0], report.top.eigenvalues[0], rtol=1e-4)

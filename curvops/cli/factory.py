@@ -1,12 +1,17 @@
-"""Loading a user's ``FILE.py:FACTORY`` that returns ``(model, loss_fn, data)``."""
+"""Loading a user's ``FILE.py:FACTORY``: it returns ``(model, loss_fn, data)``, optionally with
+an optimizer, ``(model, loss_fn, data, optimizer)``, or a dict with those keys."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
+
+KEYS = ("model", "loss_fn", "data", "optimizer")
 
 
 class FactoryError(ValueError):
@@ -51,25 +56,69 @@ def _own_functions(module) -> list[str]:
     )
 
 
-def call_factory(spec: str):
-    """Run the factory and check that it returned ``(model, loss_fn, data)``."""
+@dataclass
+class Problem:
+    """What a factory returned: model, loss_fn, data and (optional) the optimizer."""
+
+    model: nn.Module
+    loss_fn: Any
+    data: Any
+    optimizer: Any = None
+
+
+def load_problem(spec: str) -> Problem:
+    """Run the factory and check what it returned: (model, loss_fn, data), the same with an
+    optimizer as a fourth item, or a dict with keys model, loss_fn, data (and optimizer)."""
     factory = load_factory(spec)
     try:
         result = factory()
     except Exception as err:
         raise FactoryError(f"{spec} raised {type(err).__name__}: {err}") from err
-    if not isinstance(result, (tuple, list)) or len(result) != 3:
+    problem = Problem(*_unpack(spec, result))
+    _check(spec, problem)
+    return problem
+
+
+def call_factory(spec: str):
+    """Run the factory; returns ``(model, loss_fn, data)`` (an optimizer is dropped)."""
+    problem = load_problem(spec)
+    return problem.model, problem.loss_fn, problem.data
+
+
+def _unpack(spec: str, result) -> tuple:
+    if isinstance(result, dict):
+        unknown = sorted(set(result) - set(KEYS))
+        missing = [k for k in KEYS[:3] if k not in result]
+        if unknown or missing:
+            problems = [f"without {', '.join(missing)}"] if missing else []
+            problems += [f"with unknown keys {', '.join(unknown)}"] if unknown else []
+            raise FactoryError(
+                f"{spec} returned a dict {' and '.join(problems)}; expected keys "
+                f"{', '.join(KEYS[:3])} (and optionally optimizer)"
+            )
+        return tuple(result.get(k) for k in KEYS)
+    if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
+        length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
         raise FactoryError(
-            f"{spec} must return (model, loss_fn, data), got {type(result).__name__}"
-            + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
+            f"{spec} must return (model, loss_fn, data), got {type(result).__name__}{length} "
+            "(also accepted: (model, loss_fn, data, optimizer), or a dict with those keys)"
         )
-    model, loss_fn, data = result
-    if not isinstance(model, nn.Module):
+    return tuple(result)
+
+
+def _check(spec: str, problem: Problem) -> None:
+    if not isinstance(problem.model, nn.Module):
         raise FactoryError(
-            f"{spec}: the model must be a torch.nn.Module, got {type(model).__name__}"
+            f"{spec}: the model must be a torch.nn.Module, got {type(problem.model).__name__}"
         )
-    if not callable(loss_fn):
-        raise FactoryError(f"{spec}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    if not hasattr(data, "__iter__"):
+    if not callable(problem.loss_fn):
+        raise FactoryError(
+            f"{spec}: loss_fn must be callable, got {type(problem.loss_fn).__name__}"
+        )
+    if not hasattr(problem.data, "__iter__"):
         raise FactoryError(f"{spec}: data must be an iterable of (X, y) batches")
-    return model, loss_fn, data
+    opt = problem.optimizer
+    if opt is not None and not (hasattr(opt, "step") and hasattr(opt, "param_groups")):
+        raise FactoryError(
+            f"{spec}: the optimizer must be a torch.optim.Optimizer, got {type(opt).__name__}"
+        )

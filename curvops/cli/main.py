@@ -1,4 +1,4 @@
-"""The ``curvops`` command: ``demo``, ``spectrum`` and ``compare``."""
+"""The ``curvops`` command: ``demo``, ``spectrum``, ``compare`` and ``track``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--exact", choices=("ggn", "hessian"), default="ggn")
     cmp.add_argument("--out", default="curvops_output")
     _common(cmp, k=10)
+    _track(sub)
     return parser
+
+
+def _track(sub) -> None:
+    trk = sub.add_parser("track", help="train with the factory's optimizer, tracking the curvature")
+    trk.add_argument(
+        "factory", help="FILE.py:FACTORY returning (model, loss_fn, data[, optimizer])"
+    )
+    trk.add_argument("--steps", type=_positive_int, default=100, help="optimizer steps")
+    trk.add_argument("--every", type=_positive_int, default=10, help="measure every M steps")
+    lr_help = "SGD's learning rate, for a factory without an optimizer"
+    trk.add_argument("--lr", type=_positive_float, default=None, help=lr_help)
+    kinds = ("hessian", "ggn", "ggn-mc", "ggn-empirical")
+    trk.add_argument("--curvature", choices=kinds, default="hessian")
+    trk.add_argument("--which", choices=choices(Which), default="LA")
+    trk.add_argument("--tol", type=float, default=1e-4)
+    trk.add_argument("--trace", choices=("hutchinson", "hutch++"), default=None)
+    trk.add_argument("--layers", action="store_true", help="also the per-layer scores")
+    trk.add_argument("--out", default="curvops_output")
+    _common(trk, k=5)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -92,6 +122,10 @@ def _job(command: str) -> Callable[[argparse.Namespace], dict]:
         from curvops.cli.demo import run_demo
 
         return run_demo
+    if command == "track":
+        from curvops.cli.track import run_track
+
+        return run_track
     from curvops.cli import jobs
 
     return getattr(jobs, f"run_{command}")

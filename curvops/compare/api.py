@@ -10,6 +10,7 @@ import torch
 from curvops.compare.align import align, find_blocks
 from curvops.compare.report import Comparison
 from curvops.compare.routes import Job, dense_route, probe_route
+from curvops.compare.structures import block_structures, structure_errors
 from curvops.interface import TorchMatmat, torch_matmat
 
 
@@ -31,8 +32,10 @@ def compare(
     another order is aligned to the exact operator's, another set is a ValueError naming the
     parameters that differ. Operators without ``params`` are compared by shape only, in the
     order they come. Per-block errors use the blocks of the first operator that has them
-    (exact first), taken as parameter groups. ``gradient`` (P,): the direction for the
-    natural-gradient cosine; by default the loss gradient when ``exact`` has ``gradient()``.
+    (exact first), taken as parameter groups; an approximation that reports its blocks'
+    ``structures`` (KFAC, EKFAC) also gets errors per structure (``structure_errors``).
+    ``gradient`` (P,): the direction for the natural-gradient cosine; by default the loss
+    gradient when ``exact`` has ``gradient()``.
     ``damping``: λ for (A + λI)⁻¹ (default: 1e-3 · λ_max(A)). ``dense_max``: largest P for
     the exact, dense route (``Comparison.method`` says which route was taken).
     """
@@ -57,6 +60,11 @@ def compare(
     )  # fmt: skip
     dense = A.size <= dense_max
     exact_part, reports = (dense_route if dense else probe_route)(job)
+    for report, op in zip(reports, ops.values()):
+        report.block_structures = block_structures(op, exact, job.blocks)
+        report.structure_errors = structure_errors(
+            report.block_structures, report.block_abs_errors, exact_part["exact_block_norms"]
+        )
     return Comparison(
         exact_name=exact_name or type(exact).__name__,
         **exact_part,

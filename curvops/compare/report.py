@@ -16,6 +16,10 @@ class ApproxReport:
 
     ``block_errors``: per block ‖A_bb − B_bb‖_F / ‖A_bb‖_F, NaN (JSON null) where the exact
     block is zero and the relative error is undefined; ``block_abs_errors``: ‖A_bb − B_bb‖_F.
+    ``block_structures``: per block, the structure B gives it (KFAC / EKFAC: "kronecker",
+    "kronecker-diagonal-A", "exact", "diagonal"; empty for other operators);
+    ``structure_errors``: per structure, √(Σ_b ‖A_bb − B_bb‖²) / √(Σ_b ‖A_bb‖²) over its
+    blocks (``curvops.compare.structures``).
     ``matched_by``: "parameters" (same tensors, same order), "parameters, reordered" (same
     tensors, B's products permuted into A's order) or "shape" (an operator without params).
     """
@@ -29,6 +33,8 @@ class ApproxReport:
     cosines: np.ndarray  # (k,) cosines of the principal angles between top-k eigenspaces
     block_errors: dict[str, float] = field(default_factory=dict)
     block_abs_errors: dict[str, float] = field(default_factory=dict)
+    block_structures: dict[str, str] = field(default_factory=dict)
+    structure_errors: dict[str, float] = field(default_factory=dict)
     natural_gradient_cosine: float | None = None  # cos((A+λI)⁻¹g, (B+λI)⁻¹g)
     matched_by: str = "parameters"
 
@@ -105,6 +111,11 @@ class Comparison:
         cosines = [a.natural_gradient_cosine for a in approx]
         if all(c is not None for c in cosines):
             rows.append(("nat.-grad. cosine", "1", *[f"{c:.3f}" for c in cosines]))
+        structures = sorted({s for a in approx for s in a.structure_errors})
+        for s in structures:
+            errors = [a.structure_errors.get(s) for a in approx]
+            cells = ["" if e is None else f"{e:.4g}" for e in errors]
+            rows.append((f"rel. error, {s} blocks", "0", *cells))
         for i in range(min(self.k, 5)):
             values = [f"{a.eigenvalues[i]:.4g}" for a in approx]
             rows.append((f"λ_{i + 1}", f"{self.exact_eigenvalues[i]:.4g}", *values))

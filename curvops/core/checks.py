@@ -41,6 +41,16 @@ def check_module_modes(model: nn.Module) -> None:
             )
 
 
+def tensor_output(f: object, who: str) -> torch.Tensor:
+    """The model's output, which must be a tensor for ``who`` (GGN, KFAC: output-space math)."""
+    if not isinstance(f, torch.Tensor):
+        raise TypeError(
+            f"the model returned a {type(f).__name__}; {who} needs a tensor output: wrap the "
+            "model so that forward returns the logits"
+        )
+    return f
+
+
 def check_finite(result: torch.Tensor, what: str) -> None:
     """Raise FloatingPointError if ``result`` holds NaN or inf."""
     if not bool(torch.isfinite(result).all()):

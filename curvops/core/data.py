@@ -1,8 +1,11 @@
-"""The data loop: batches on the operator's device, their sizes and weights.
+"""The data loop: batches on the operator's device, their sizes and loss denominators.
 
-The operator is the curvature of the loss over the WHOLE data set. Under reduction
-"mean", L = (1/N) Σ_n ℓ_n, so a batch of B points contributes its mean loss with weight
-B / N (never a mean of batch means); under "sum" every batch has weight 1.
+The operator is the curvature of the loss over the WHOLE data set: a batch's loss weighs
+d_b / D under "mean" (d_b what its mean divides by, D = Σ_b d_b; see
+``curvops.core.denominators``), never a mean of batch means; 1 under "sum". Batches with
+no points are skipped; those without loss terms (d_b = 0) are the operators' to skip
+(KFAC still reads their layer inputs). Every pass is compared
+with the first (counting) one: same number of points, same checksum (``checksum``).
 """
 
 from __future__ import annotations
@@ -13,25 +16,32 @@ from typing import Any
 
 import torch
 
+from curvops.core.checksum import PassChecksum
+from curvops.core.data_checks import changed_data_message, check_data, unpack
+from curvops.core.denominators import Denominator
+
 
 @dataclass
 class Batch:
-    """One batch on the operator's device: inputs ``X``, targets ``y``, ``size`` B, ``index``."""
+    """One batch on the operator's device: inputs ``X``, targets ``y``, ``size`` B, its
+    ``index`` in the data, and ``denominator`` d_b (what a "mean" loss divides it by)."""
 
     X: Any
     y: Any
     size: int
     index: int
+    denominator: float = 1.0
 
 
 class DataLoop:
     """Re-iterates ``data`` (pairs ``(X, y)``), moving batches to ``device``.
 
     ``X`` may be a tensor (B = X.shape[0]) or a mapping (B = the leading size its tensors
-    share, or ``batch_size_fn(X)``).
+    share, or ``batch_size_fn(X)``); ``denominator(y, B)`` gives each batch's d_b (default B).
     Floating-point tensors are cast to ``dtype``, so a float32 data set feeds a float64 model.
-    Once ``count()`` has run, every pass must yield that many points (a one-shot iterable,
-    empty on its second pass, raises instead of silently giving a wrong N).
+    Once ``count()`` has run, every pass must yield the same points, in any order: as many
+    (a one-shot iterable, empty on its second pass, raises instead of silently giving a
+    wrong N) and with the same checksum (augmentation or another subset raises).
     """
 
     def __init__(
@@ -42,48 +52,61 @@ class DataLoop:
         batch_size_fn: Callable[[Any], int] | None = None,
         progress: bool = False,
         allow_empty: bool = False,
+        denominator: Denominator | None = None,
     ) -> None:
-        if isinstance(data, Iterator):  # never call iter() here: it may consume the data
-            raise TypeError(
-                "data is an iterator (e.g. a generator) that would be exhausted after one pass; "
-                "curvops iterates the data once per product: pass a list of (X, y) batches or a "
-                "DataLoader"
-            )
+        check_data(data)
         self.data = data
         self.device = device
         self.dtype = dtype
         self.batch_size_fn = batch_size_fn
         self.progress = progress
         self.allow_empty = allow_empty  # a distributed rank may hold no data
-        self.expected: int | None = None  # data points per pass, once counted
+        self.denominator = denominator or (lambda y, size: float(size))
+        self.reference: PassChecksum | None = None  # the counting pass's checksum
+        self.last: PassChecksum | None = None  # the last complete pass's
+
+    @property
+    def expected(self) -> int | None:
+        """Data points per pass, once counted."""
+        return None if self.reference is None else self.reference.points
 
     def __iter__(self) -> Iterator[Batch]:
+        """The batches with points (d_b may be 0: every target ignored); checks the pass
+        once it is complete."""
         batches = self.data
         if self.progress:
             total = len(self.data) if isinstance(self.data, Sized) else None
             from tqdm.auto import tqdm  # imported only when asked for (notebook widgets)
 
             batches = tqdm(self.data, total=total, desc="curvops batches", leave=False)
-        count = points = 0
+        checksum, items = PassChecksum(), 0
         for index, item in enumerate(batches):
-            X, y = _unpack(item, index)
+            X, y = unpack(item, index)
             X, y = self._move(X), self._move(y)
-            batch = Batch(X, y, self.batch_size(X), index)
-            yield batch
-            count, points = count + 1, points + batch.size
-        self._check_pass(count, points)
+            size = self.batch_size(X)
+            checksum.add(X, y, size)
+            items += 1
+            if size:
+                yield Batch(X, y, size, index, self.denominator(y, size))
+        self._check_pass(checksum, items)
+        self.last = checksum
 
-    def _check_pass(self, count: int, points: int) -> None:
-        if self.expected is not None and points != self.expected:
+    def _check_pass(self, checksum: PassChecksum, items: int) -> None:
+        ref = self.reference
+        if ref is not None and checksum.points != ref.points:
             raise ValueError(
-                f"data yielded {points} data points in this pass but {self.expected} in the "
-                "first one: curvops iterates the data once per product, so it must yield the "
-                "same points every time (not a one-shot iterable, nor a sampler whose "
+                f"data yielded {checksum.points} data points in this pass but {ref.points} in "
+                "the first one: curvops iterates the data once per product, so it must yield "
+                "the same points every time (not a one-shot iterable, nor a sampler whose "
                 "length changes); pass a list of (X, y) batches or a DataLoader"
             )
-        if count == 0 and not self.allow_empty:
+        if ref is not None and not checksum.same_as(ref):
+            raise ValueError(changed_data_message())
+        if checksum.points == 0 and not self.allow_empty:
+            what = f"its {items} batches are all empty" if items else "no batches"
             raise ValueError(
-                "data yielded no batches: pass a non-empty list of (X, y) batches or a DataLoader"
+                f"data yielded no data points ({what}): pass a non-empty list of (X, y) "
+                "batches or a DataLoader"
             )
 
     def batch_size(self, X) -> int:
@@ -103,11 +126,14 @@ class DataLoop:
             "batch_size_fn=lambda X: ... to the operator"
         )
 
-    def count(self) -> int:
-        """Number of data points (one pass, no forward passes); later passes must match it."""
-        self.expected = None
-        self.expected = sum(b.size for b in self)
-        return self.expected
+    def count(self) -> tuple[int, float]:
+        """(N, D): data points and Σ_b d_b over one pass (no forward passes); every later
+        pass must yield the same points (count and checksum)."""
+        self.reference = None
+        total = sum(batch.denominator for batch in self)
+        self.reference = self.last
+        assert self.reference is not None
+        return self.reference.points, total
 
     def _move(self, obj):
         if isinstance(obj, torch.Tensor):
@@ -119,18 +145,3 @@ class DataLoop:
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._move(v) for v in obj)
         return obj
-
-
-def _unpack(item, index: int):
-    try:
-        X, y = item
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"batch {index} is not a pair (X, y): data must yield (inputs, targets) pairs"
-        ) from None
-    return X, y
-
-
-def batch_weight(reduction: str, batch_size: int, num_data: int) -> float:
-    """Weight of one batch's loss in the whole-data loss: B / N for "mean", 1 for "sum"."""
-    return batch_size / num_data if reduction == "mean" else 1.0

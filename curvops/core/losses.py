@@ -1,13 +1,17 @@
 """Closed forms of the supported losses in output space (GGN, Fisher, KFAC, EKFAC).
 
-For a batch output f (B, ...) and a batch loss L = s · Σ_t ℓ_t (s = 1/R for reduction
-"mean", R = number of terms averaged; s = 1 for "sum"), each class gives
-  - ``hessian_matmat(f, y, U)``:   ∇²_f L · U                      U, out: (k, *f.shape)
-  - ``sampled_grads(f, y, M, gen)``: ∇_f ℓ(f, ŷ_m), ŷ_m ~ p(y | f) out: (M, *f.shape)
-  - ``true_grads(f, y)``:          ∇_f ℓ(f, y)                     out: f.shape
-  - ``hessian_sqrt(f, y)``:        S with Σ_k S_k S_kᵀ = ∇²_f ℓ per term  out: (K, *f.shape)
+For a batch output f (B, ...) and a batch loss L = s · Σ_t ℓ_t (s = 1/d_b for reduction
+"mean", d_b the batch's denominator, see ``curvops.core.denominators``; s = 1 for "sum"),
+every term is ℓ_t = ω_t ℓ̃(f_t, ỹ_t): a frequency weight ω_t ≥ 0 (class weights,
+BCE weight / pos_weight; 0 for an ignored target; 1 without weights) times the negative
+log-likelihood ℓ̃ of an effective target ỹ_t. Each class gives
+  - ``hessian_matmat(f, y, U)``:   ∇²_f L · U = s Σ_t ω_t ∇²ℓ̃_t U          U, out: (k, *f.shape)
+  - ``sampled_grads(f, y, M, s)``: √ω_t ∇_f ℓ̃(f, ŷ_m), ŷ_m ~ p(y | f)     out: (M, *f.shape)
+  - ``true_grads(f, y)``:          √ω_t ∇_f ℓ̃(f, ỹ_t) = ∇_f ℓ_t / √ω_t     out: f.shape
+  - ``hessian_sqrt(f, y)``:        √ω_t S_t, Σ_k S_k S_kᵀ = ∇²ℓ̃ per term    out: (K, *f.shape)
     (K: the feature axis, the last one for MSE/BCE, the classes for CE; unscaled by s)
-with E_ŷ[∇ℓ ∇ℓᵀ] = ∇²ℓ per term, so the MC Fisher estimates the type-2 GGN.
+with E_ŷ[∇ℓ̃ ∇ℓ̃ᵀ] = ∇²ℓ̃ per term, so the MC Fisher estimates the type-2 GGN, and the GGN,
+the MC and the empirical Fisher are all linear in ω: a term of weight ω counts as ω copies.
 """
 
 from __future__ import annotations
@@ -18,56 +22,78 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from curvops.core.denominators import loss_denominator, loss_reduction
 from curvops.core.seeds import PointSampler
 
 SUPPORTED = "nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss"
 
-
-def loss_reduction(loss_fn, reduction: str | None = None) -> str:
-    """The reduction of ``loss_fn`` ("mean" or "sum"); a plain callable is taken as "mean"."""
-    reduction = reduction or getattr(loss_fn, "reduction", "mean")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"loss reduction {reduction!r} is not supported: curvops needs a scalar loss; "
-            "use reduction='mean' or 'sum'"
-        )
-    return reduction
+__all__ = ["SUPPORTED", "OutputLoss", "loss_reduction", "output_loss", "target_checker"]
 
 
 class OutputLoss(ABC):
-    """The contract of a loss adapter: closed forms in output space (see the module doc);
-    ``scale(f, y)`` is s, the reduction's factor."""
+    """The contract of a loss adapter: closed forms in output space (see the module doc).
+
+    Subclasses give the unweighted per-term forms (``_hessian_matmat``, ``_sampled_grads``,
+    ``_hessian_sqrt``), the weighted gradient ``_loss_grads`` = ∇_f ℓ_t and ``weights``."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
         self.reduction = loss_reduction(loss_fn)
+        self.count = loss_denominator(loss_fn)
 
     def scale(self, f: torch.Tensor, y: torch.Tensor) -> float:
-        return 1.0 / self.num_terms(f, y) if self.reduction == "mean" else 1.0
-
-    def num_terms(self, f: torch.Tensor, y: torch.Tensor) -> int:
-        return f.numel()
+        """s: 1 / d_b under "mean", 1 under "sum"."""
+        return 1.0 / self.count(y, f.shape[0]) if self.reduction == "mean" else 1.0
 
     def term_axes(self, f: torch.Tensor) -> tuple[int, ...]:
         """Axes of f (besides the batch axis) along which ``hessian_sqrt`` columns repeat."""
         return tuple(range(1, f.ndim - 1))
 
-    @abstractmethod
+    def weights(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """ω, broadcastable against f; None when every term weighs 1."""
+        return None
+
+    def check_sampling(self) -> None:
+        """Raise if the loss is no likelihood to sample labels from (MC Fisher)."""
+        return None
+
     def hessian_matmat(self, f: torch.Tensor, y: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """∇²_f L · U for U (k, *f.shape)."""
+        HU = self._hessian_matmat(f, U)
+        w = self.weights(f, y)
+        return (HU if w is None else HU * w) * self.scale(f, y)
 
-    @abstractmethod
     def sampled_grads(
         self, f: torch.Tensor, y: torch.Tensor, num_samples: int, sampler: PointSampler
     ) -> torch.Tensor:
-        """∇_f ℓ(f, ŷ_m) for ŷ_m ~ p(y | f): (M, *f.shape); draws keyed per data point."""
+        """√ω ∇_f ℓ̃(f, ŷ_m) for ŷ_m ~ p(y | f): (M, *f.shape); draws keyed per data point."""
+        return _times_sqrt(self._sampled_grads(f, num_samples, sampler), self.weights(f, y))
 
-    @abstractmethod
     def true_grads(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """∇_f ℓ(f, y): f.shape."""
+        """∇_f ℓ_t / √ω_t (0 where ω_t = 0): f.shape; the plain gradient without weights."""
+        g, w = self._loss_grads(f, y), self.weights(f, y)
+        if w is None:
+            return g
+        return torch.where(w > 0, g * torch.rsqrt(w.clamp(min=1e-300)), 0.0)
+
+    def hessian_sqrt(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """√ω S (K, *f.shape) with Σ_k S_k S_kᵀ = ∇²_f ℓ̃ per term (unscaled by s)."""
+        return _times_sqrt(self._hessian_sqrt(f), self.weights(f, y))
 
     @abstractmethod
-    def hessian_sqrt(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """S (K, *f.shape) with Σ_k S_k S_kᵀ = ∇²_f ℓ per term (unscaled by s)."""
+    def _hessian_matmat(self, f: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """∇²ℓ̃ U per term, U (k, *f.shape)."""
+
+    @abstractmethod
+    def _sampled_grads(self, f: torch.Tensor, num_samples: int, sampler) -> torch.Tensor:
+        """∇_f ℓ̃(f, ŷ_m), ŷ_m ~ p(y | f): (M, *f.shape)."""
+
+    @abstractmethod
+    def _loss_grads(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∇_f ℓ_t, weights included: f.shape."""
+
+    @abstractmethod
+    def _hessian_sqrt(self, f: torch.Tensor) -> torch.Tensor:
+        """S (K, *f.shape) with Σ_k S_k S_kᵀ = ∇²ℓ̃ per term."""
 
     def check_targets(self, f: torch.Tensor, y: torch.Tensor) -> None:
         if y.shape != f.shape:
@@ -80,59 +106,85 @@ class OutputLoss(ABC):
 class MSE(OutputLoss):
     """ℓ = (f − y)²: ∇²ℓ = 2I; Gaussian likelihood with variance 1/2."""
 
-    def hessian_matmat(self, f, y, U):
-        return U * (2.0 * self.scale(f, y))
+    def _hessian_matmat(self, f, U):
+        return U * 2.0
 
-    def sampled_grads(self, f, y, num_samples, sampler):
+    def _sampled_grads(self, f, num_samples, sampler):
         eps = sampler.normal((num_samples, *f.shape), f.dtype)
         return math.sqrt(2.0) * eps  # 2 (f − ŷ), ŷ = f + ε / √2
 
-    def true_grads(self, f, y):
+    def _loss_grads(self, f, y):
         return 2.0 * (f - y)
 
-    def hessian_sqrt(self, f, y):
+    def _hessian_sqrt(self, f):
         return math.sqrt(2.0) * _feature_eye(f)  # ∇²ℓ = 2I = (√2 I)(√2 I)ᵀ
 
 
 class BCEWithLogits(OutputLoss):
-    """ℓ = −y log σ(f) − (1−y) log(1−σ(f)): ∇²ℓ = σ(1−σ)."""
+    """ℓ = −w [p y log σ(f) + (1−y) log(1−σ(f))] (w: ``weight``, p: ``pos_weight``, both
+    optional): ω = w (p y + 1 − y), ∇ℓ = ω σ − w p y, ∇²ℓ = ω σ(1−σ)."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
         super().__init__(loss_fn)
-        if loss_fn.weight is not None or loss_fn.pos_weight is not None:
+        self.weight: torch.Tensor | None = loss_fn.weight  # type: ignore[assignment]
+        self.pos_weight: torch.Tensor | None = loss_fn.pos_weight  # type: ignore[assignment]
+
+    def check_targets(self, f, y):
+        super().check_targets(f, y)
+        if not y.is_floating_point():
             raise ValueError(
-                "BCEWithLogitsLoss with weight or pos_weight is not supported for GGN/KFAC; "
-                "use the unweighted loss (HessianOperator accepts any loss)"
+                f"BCEWithLogitsLoss needs floating-point targets (0./1. or probabilities), "
+                f"got {y.dtype}: pass y.float()"
             )
 
-    def hessian_matmat(self, f, y, U):
-        p = torch.sigmoid(f)
-        return U * (p * (1 - p) * self.scale(f, y))
+    def check_sampling(self):
+        if self.pos_weight is not None:
+            raise ValueError(
+                "the Monte-Carlo Fisher is undefined for BCEWithLogitsLoss(pos_weight=...): "
+                "pos_weight changes the loss of a positive label, so it is no longer the "
+                "negative log-likelihood of the model's Bernoulli distribution to sample labels "
+                "from. Use the exact GGN (mode='exact' / fisher='type2') or the empirical "
+                "Fisher, or drop pos_weight"
+            )
 
-    def sampled_grads(self, f, y, num_samples, sampler):
+    def weights(self, f, y):
+        w = None if self.weight is None else self.weight.to(f)
+        if self.pos_weight is not None:
+            positive = self.pos_weight.to(f) * y + (1 - y)
+            w = positive if w is None else w * positive
+        return None if w is None else torch.broadcast_to(w, f.shape)
+
+    def _hessian_matmat(self, f, U):
+        p = torch.sigmoid(f)
+        return U * (p * (1 - p))
+
+    def _sampled_grads(self, f, num_samples, sampler):
         p = torch.sigmoid(f).expand(num_samples, *f.shape)
         return p - (sampler.uniform(tuple(p.shape), f.dtype) < p).to(f.dtype)
 
-    def true_grads(self, f, y):
-        return torch.sigmoid(f) - y
+    def _loss_grads(self, f, y):
+        positive = y if self.pos_weight is None else self.pos_weight.to(f) * y
+        w = self.weights(f, y)
+        g = torch.sigmoid(f) * (1.0 if w is None else w)
+        return g - positive * (1.0 if self.weight is None else self.weight.to(f))
 
-    def hessian_sqrt(self, f, y):
+    def _hessian_sqrt(self, f):
         p = torch.sigmoid(f)
         return _feature_eye(f) * torch.sqrt(p * (1 - p))  # diagonal: √(σ(1−σ))
 
 
 class CrossEntropy(OutputLoss):
-    """ℓ = −log softmax(f)[y], classes on axis 1: ∇²ℓ = diag(p) − p pᵀ."""
+    """ℓ = −Σ_c a_c log softmax(f)_c, classes on axis 1, with the target mass a: class
+    index y: (1−ε) w_y e_y + ε w / C (0 if y is ``ignore_index``); probabilities y:
+    w ∘ ((1−ε) y + ε / C) (w: class weights, ε: label smoothing). ω = Σ_c a_c,
+    ∇ℓ = ω p − a, ∇²ℓ = ω (diag(p) − p pᵀ). The MC Fisher weighs a point by its own
+    target's ω (a point of class weight w counts w times); labels come from the model."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
         super().__init__(loss_fn)
-        if loss_fn.weight is not None:
-            raise ValueError(
-                "CrossEntropyLoss(weight=...) is not supported for GGN/KFAC; use the "
-                "unweighted loss (HessianOperator accepts any loss)"
-            )
-        self.ignore_index: int = loss_fn.ignore_index
-        self.label_smoothing: float = loss_fn.label_smoothing
+        self.class_weight: torch.Tensor | None = loss_fn.weight  # type: ignore[assignment]
+        self.ignore_index: int = loss_fn.ignore_index  # type: ignore[assignment]
+        self.label_smoothing: float = loss_fn.label_smoothing  # type: ignore[assignment]
 
     def check_targets(self, f, y):
         if f.ndim < 2:
@@ -150,16 +202,7 @@ class CrossEntropy(OutputLoss):
                 f"class-index targets have shape {tuple(y.shape)}, expected {expected} for "
                 f"outputs {tuple(f.shape)} (classes on axis 1)"
             )
-        valid = y != self.ignore_index
-        if valid.all():
-            self._check_range(y, f.shape[1])
-        elif self.reduction == "mean":
-            raise ValueError(
-                "targets equal to ignore_index under reduction='mean' make the batch weights "
-                "depend on the labels; use reduction='sum' or drop those targets"
-            )
-        else:
-            self._check_range(y[valid], f.shape[1])
+        self._check_range(y[y != self.ignore_index], f.shape[1])
 
     @staticmethod
     def _check_range(y, num_classes):
@@ -169,26 +212,38 @@ class CrossEntropy(OutputLoss):
                 f"[{int(y.min())}, {int(y.max())}]"
             )
 
-    def num_terms(self, f, y):
-        return f.numel() // f.shape[1]
-
     def term_axes(self, f):
         return tuple(range(2, f.ndim))
 
-    def _mask(self, f, y):
+    def _class_weights(self, f: torch.Tensor) -> torch.Tensor:
+        """w (C,), ones without ``weight``."""
+        if self.class_weight is None:
+            return f.new_ones(f.shape[1])
+        return self.class_weight.to(f)
+
+    def _mass(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The target mass a (B, C, ...) (see the class doc)."""
+        C, eps, w = f.shape[1], self.label_smoothing, self._class_weights(f)
+        w_b = w.view(1, C, *([1] * (f.ndim - 2)))
         if y.is_floating_point():
-            return None
-        return (y != self.ignore_index).unsqueeze(1).to(f.dtype)
+            return w_b * (y * (1 - eps) + eps / C)
+        valid = (y != self.ignore_index).unsqueeze(1).to(f.dtype)
+        onehot = nn.functional.one_hot(y.clamp(0, C - 1), C).to(f.dtype)
+        return valid * (torch.movedim(onehot, -1, 1) * (1 - eps) + eps / C) * w_b
 
-    def hessian_matmat(self, f, y, U):
+    def weights(self, f, y):
+        if y.is_floating_point():
+            return self._mass(f, y).sum(dim=1, keepdim=True)
+        w, eps = self._class_weights(f), self.label_smoothing
+        valid = (y != self.ignore_index).to(f.dtype)
+        omega = valid * ((1 - eps) * w[y.clamp(0, f.shape[1] - 1)] + eps * w.mean())
+        return omega.unsqueeze(1)  # (B, 1, ...)
+
+    def _hessian_matmat(self, f, U):
         p = torch.softmax(f, dim=1)
-        HU = p * U - p * (p * U).sum(dim=2, keepdim=True)  # U: (k, B, C, ...), class axis 2
-        mask = self._mask(f, y)
-        if mask is not None:
-            HU = HU * mask
-        return HU * self.scale(f, y)
+        return p * U - p * (p * U).sum(dim=2, keepdim=True)  # U: (k, B, C, ...), class axis 2
 
-    def sampled_grads(self, f, y, num_samples, sampler):
+    def _sampled_grads(self, f, num_samples, sampler):
         """Classes by inverse CDF: ŷ = #{c : cdf_c < u}, one u per (sample, point, position)."""
         p = torch.softmax(f, dim=1)
         C = f.shape[1]
@@ -196,45 +251,35 @@ class CrossEntropy(OutputLoss):
         cdf = torch.cumsum(p.to(torch.float64), dim=1)  # (B, C, ...)
         draws = (cdf.unsqueeze(0) < u.unsqueeze(2)).sum(dim=2).clamp(max=C - 1)  # (M, B, ...)
         onehot = torch.movedim(torch.nn.functional.one_hot(draws, C).to(f.dtype), -1, 2)
-        g = p - onehot
-        mask = self._mask(f, y)
-        return g * mask if mask is not None else g
+        return p - onehot
 
-    def true_grads(self, f, y):
-        p = torch.softmax(f, dim=1)
-        if y.is_floating_point():
-            target = y
-        else:
-            target = torch.nn.functional.one_hot(y.clamp(min=0), f.shape[1]).to(f.dtype)
-            target = torch.movedim(target, -1, 1)
-        if self.label_smoothing:
-            target = target * (1 - self.label_smoothing) + self.label_smoothing / f.shape[1]
-        g = p - target
-        mask = self._mask(f, y)
-        return g * mask if mask is not None else g
+    def _loss_grads(self, f, y):
+        a = self._mass(f, y)
+        return a.sum(dim=1, keepdim=True) * torch.softmax(f, dim=1) - a
 
-    def hessian_sqrt(self, f, y):
+    def _hessian_sqrt(self, f):
         """S = diag(√p) − p √pᵀ (S Sᵀ = diag(p) − p pᵀ): column k is √p_k (e_k − p)."""
         p = torch.softmax(f, dim=1)
         eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
         eye = eye.reshape(f.shape[1], 1, f.shape[1], *([1] * (f.ndim - 2)))  # (K, 1, C, ...)
         sqrt_pk = torch.movedim(torch.sqrt(p), 1, 0).unsqueeze(2)  # (K, B, 1, ...)
-        S = sqrt_pk * (eye - p)
-        mask = self._mask(f, y)
-        return S * mask if mask is not None else S
+        return sqrt_pk * (eye - p)
 
 
 def output_loss(loss_fn) -> OutputLoss:
     """The closed form for ``loss_fn``, or a ValueError naming the supported losses."""
-    for cls, kind in ((nn.MSELoss, MSE), (nn.CrossEntropyLoss, CrossEntropy)):
-        if type(loss_fn) is cls:
-            return kind(loss_fn)
-    if type(loss_fn) is nn.BCEWithLogitsLoss:
-        return BCEWithLogits(loss_fn)
-    raise ValueError(
-        f"loss {type(loss_fn).__name__} is not supported here; supported: {SUPPORTED} "
-        "(HessianOperator accepts any differentiable loss)"
-    )
+    kinds: dict[type, type[MSE] | type[CrossEntropy] | type[BCEWithLogits]] = {
+        nn.MSELoss: MSE,
+        nn.CrossEntropyLoss: CrossEntropy,
+        nn.BCEWithLogitsLoss: BCEWithLogits,
+    }
+    kind = kinds.get(type(loss_fn))
+    if kind is None:
+        raise ValueError(
+            f"loss {type(loss_fn).__name__} is not supported here; supported: {SUPPORTED} "
+            "(HessianOperator accepts any differentiable loss)"
+        )
+    return kind(loss_fn)
 
 
 def target_checker(loss_fn) -> OutputLoss | None:
@@ -243,6 +288,11 @@ def target_checker(loss_fn) -> OutputLoss | None:
         return output_loss(loss_fn)
     except ValueError:
         return None
+
+
+def _times_sqrt(t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """t (K, *f.shape) times √w (w broadcastable against f), or t itself."""
+    return t if w is None else t * torch.sqrt(w)
 
 
 def _feature_eye(f: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ def build_layout(model: nn.Module, params: Iterable[torch.Tensor] | None, blocks
     """Validate ``params`` / ``blocks`` against ``model`` and order them block by block."""
     names_by_id = {id(p): n for n, p in model.named_parameters()}
     if isinstance(blocks, (list, tuple)):
+        _check_block_lists(blocks)
         block_lists = [list(b) for b in blocks]
         flat = [p for b in block_lists for p in b]
         if params is not None and {id(p) for p in params} != {id(p) for p in flat}:
@@ -78,6 +79,16 @@ def build_layout(model: nn.Module, params: Iterable[torch.Tensor] | None, blocks
             f"blocks must be None, 'layer' or a list of parameter lists; got {blocks!r}"
         )
     return _layer_layout(model, chosen, names_by_id)
+
+
+def _check_block_lists(blocks: Sequence) -> None:
+    """A list of parameter lists, not a flat list of tensors (list(tensor) splits rows)."""
+    if any(isinstance(b, torch.Tensor) for b in blocks):
+        raise TypeError(
+            "blocks is a flat list of tensors, but it must be a list of parameter lists: "
+            "write blocks=[[p] for p in params] (one block per tensor), group them, e.g. "
+            "blocks=[[layer.weight, layer.bias], ...], or pass blocks='layer'"
+        )
 
 
 def _validate_params(params: list, names_by_id: dict) -> list[torch.Tensor]:

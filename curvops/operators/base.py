@@ -2,14 +2,14 @@
 
 Subclasses implement one method, ``_batch_matmat(batch, Vs)``: the product of ONE batch's
 curvature (of its own batch loss) with k directions. The base class owns everything else:
-parameter layout and blocks, the data loop and the B/N batch weights, device and dtype,
+parameter layout and blocks, the data loop and the d_b / D batch weights, device and dtype,
 the numpy <-> torch boundary, input validation, distributed reduction, finiteness checks,
 stale-parameter detection and column chunking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,9 +19,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvops.core import checks
-from curvops.core.data import Batch, DataLoop, batch_weight
+from curvops.core.data import Batch, DataLoop
+from curvops.core.denominators import batch_weight, check_shapes, loss_denominator, loss_reduction
 from curvops.core.errors import StaleOperatorError
-from curvops.core.losses import loss_reduction, target_checker
+from curvops.core.losses import target_checker
 from curvops.core.options import OnStale, Reduction, check_choice
 from curvops.core.params import Blocks, build_layout, flatten, unflatten
 from curvops.core.watch import ModelWatch, Token
@@ -39,12 +40,19 @@ class CurvatureOperator(SymmetricTorchOperator):
 
     Args:
         model: any ``nn.Module``; the operator follows its parameters' current values.
-        loss_fn: the loss, reduction "mean" or "sum" (a plain callable counts as "mean").
+        loss_fn: the loss, reduction "mean" or "sum" (KLDivLoss also "batchmean"; a plain
+            callable counts as a mean over the points of a batch). The operator is the
+            curvature of the loss over the WHOLE data set: with "mean", a batch weighs
+            d_b / D, d_b what torch's mean divides it by (its loss terms; Σ w_{y_n} over the
+            targets that are not ``ignore_index`` for CrossEntropyLoss / NLLLoss), D the
+            sum over the data (``curvops.core.denominators``). Batches with no points or no
+            loss terms are skipped.
         data: a re-iterable of ``(X, y)`` batches (list, DataLoader); sizes may differ.
         params: the parameters to differentiate (default: all with ``requires_grad``).
         blocks: None (full matrix), "layer" (one block per module owning parameters) or a
             list of parameter lists; with blocks the operator is block-diagonal.
-        num_data: N, the number of data points; counted in one pass if not given.
+        num_data: N, the number of data points, checked against the count of the
+            construction's pass over the targets (no forward passes), which also sums D.
         batch_size_fn: B of a batch whose X is not a tensor (e.g. a dict of tensors).
         progress: a tqdm bar over the batches of every product.
         check_deterministic: evaluate the loss and a product twice and refuse a random model.
@@ -53,8 +61,8 @@ class CurvatureOperator(SymmetricTorchOperator):
         math_attention: run scaled-dot-product attention with its math kernel during the
             products (the fused CPU/GPU kernels have no second derivative); the model itself
             is not changed.
-        reduction: override the loss's reduction ("mean": a batch of B weighs B / N; "sum":
-            weight 1); needed only for a plain callable that sums (callables count as "mean").
+        reduction: the reduction of a plain callable ("mean": a batch of B weighs B / N;
+            "sum": weight 1); callables count as "mean". A loss module's own reduction is used.
         chunk_size: the most columns of a matmat processed at once (None: all k); a matmat
             with more columns runs chunk by chunk, one data pass per chunk.
         on_stale: what a product does once the model's parameters or buffers changed since
@@ -102,6 +110,7 @@ class CurvatureOperator(SymmetricTorchOperator):
         self.model, self.chunk_size, self.on_stale = model, chunk_size, on_stale
         self.loss_fn = loss_fn
         self.reduction = loss_reduction(loss_fn, reduction)
+        denominator = loss_denominator(loss_fn)
         self._targets = target_checker(loss_fn)
         self.layout = build_layout(model, params, blocks)
         checks.check_params_finite(self.layout.params, self.layout.names)
@@ -110,9 +119,10 @@ class CurvatureOperator(SymmetricTorchOperator):
         self.process_group = process_group
         self.math_attention = math_attention
         self._loop = DataLoop(
-            data, self.device, self.torch_dtype, batch_size_fn, progress, process_group is not None
-        )
-        self.num_data = self._count_data(num_data)
+            data, self.device, self.torch_dtype, batch_size_fn, progress,
+            allow_empty=process_group is not None, denominator=denominator,
+        )  # fmt: skip
+        self.num_data, self.denominator = self._count_data(num_data)
         size = self.layout.num_params
         super().__init__(
             dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(size, size)
@@ -184,8 +194,8 @@ class CurvatureOperator(SymmetricTorchOperator):
             for s, p in zip(self.layout.slices, self.layout.params)
         ]
         out = [torch.zeros_like(v) for v in Vs]
-        for batch in self._loop:
-            w = batch_weight(self.reduction, batch.size, self.num_data)
+        for batch in self._batches():
+            w = self._batch_weight(batch)
             with self._forward_context():
                 parts = self._batch_matmat(batch, Vs)
             for acc, part in zip(out, parts):
@@ -197,8 +207,8 @@ class CurvatureOperator(SymmetricTorchOperator):
         """∇_θ L (P,), the whole-data loss gradient with the same batch weights as the products."""
         self._ensure_fresh()
         total = [torch.zeros_like(p) for p in self.layout.params]
-        for batch in self._loop:
-            w = batch_weight(self.reduction, batch.size, self.num_data)
+        for batch in self._batches():
+            w = self._batch_weight(batch)
             with torch.enable_grad(), self._forward_context():
                 grads = torch.autograd.grad(
                     self._batch_loss(batch), self.layout.params, allow_unused=True
@@ -284,6 +294,8 @@ class CurvatureOperator(SymmetricTorchOperator):
 
     def _batch_loss(self, batch: Batch) -> torch.Tensor:
         output = self._forward(batch.X)
+        if self._targets is not None:  # a torch loss with a closed form takes a tensor
+            checks.tensor_output(output, type(self).__name__)
         self._check_targets(output, batch.y)
         return self.loss_fn(output, batch.y)
 
@@ -291,14 +303,33 @@ class CurvatureOperator(SymmetricTorchOperator):
         """Targets that fit the output (shape, class range) for the supported losses."""
         if self._targets is not None and isinstance(output, torch.Tensor):
             self._targets.check_targets(output, y)
+        check_shapes(self.loss_fn, output, y)
 
-    def _count_data(self, num_data: int | None) -> int:
-        if num_data is None:
-            local = self._loop.count()
-            num_data = int(self._all_reduce(torch.tensor(float(local), device=self.device)))
-        if num_data <= 0:
-            raise ValueError(f"num_data must be positive, got {num_data}: is the data empty?")
-        return int(num_data)
+    def _batches(self) -> Iterator[Batch]:
+        """The batches whose loss has terms (d_b > 0); one whose every target is ignored
+        contributes nothing (and its mean loss would be 0/0)."""
+        return (batch for batch in self._loop if batch.denominator)
+
+    def _batch_weight(self, batch: Batch) -> float:
+        """w_b = d_b / D ("mean") or 1 ("sum"): the batch loss's share of the whole-data loss."""
+        return batch_weight(self.reduction, batch.denominator, self.denominator)
+
+    def _count_data(self, num_data: int | None) -> tuple[int, float]:
+        """(N, D) over the data and the ranks, from one pass over the targets."""
+        points, total = self._loop.count()
+        local = torch.tensor([float(points), total], dtype=torch.float64, device=self.device)
+        count, denominator = self._all_reduce(local).tolist()
+        if num_data is not None and int(num_data) != int(count):
+            raise ValueError(
+                f"num_data={num_data} was given, but the data yield {int(count)} data points "
+                "in a pass: leave num_data out (it is counted), or pass the data it belongs to"
+            )
+        if self.reduction == "mean" and denominator <= 0:
+            raise ValueError(
+                "the whole-data mean loss is 0/0: no target counts (every one is ignore_index "
+                "or has class weight 0); give the data some targets that count"
+            )
+        return int(count), denominator
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(t, self.process_group)
@@ -311,7 +342,7 @@ class CurvatureOperator(SymmetricTorchOperator):
         """Refuse a random forward pass (dropout of any kind, RReLU, stochastic depth, ...):
         the loss of the first batch under two RNG states, and whether torch's generators
         moved during it. Two forward passes of one batch, once; the user's RNG is restored."""
-        batch = next(iter(self._loop), None)
+        batch = next(self._batches(), None)
         if batch is None:  # a distributed rank without data
             return
         cuda = self.device.type == "cuda"
@@ -328,7 +359,7 @@ class CurvatureOperator(SymmetricTorchOperator):
     def _check_deterministic(self) -> None:
         """Every batch's loss twice, and one product from two full data passes (no cache)."""
         with torch.no_grad(), self._forward_context():
-            for batch in self._loop:
+            for batch in self._batches():
                 checks.assert_deterministic(
                     self._batch_loss(batch), self._batch_loss(batch), f"loss on batch {batch.index}"
                 )

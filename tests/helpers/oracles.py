@@ -78,3 +78,26 @@ def dense_empirical_fisher(model, loss_fn, data, params=None):
         out = call(flat0, X)
         c = float(loss_fn(out, y) / summed(out, y))
     return c * G.T @ G
+
+
+def dense_gradient(model, loss_fn, data, params=None):
+    """∇_θ loss_fn(f(X), y) over the whole data set in one batch."""
+    params = list(params or [p for p in model.parameters() if p.requires_grad])
+    call, flat0 = _flat_fn(model, params)
+    X, y = concat_data(data)
+    return torch.func.grad(lambda w: loss_fn(call(w, X), y))(flat0)
+
+
+def dense_point_outer_products(model, point_loss, data, c, params=None):
+    """c Σ_n g_n g_nᵀ over every data point n, g_n = ∇_θ point_loss(f(x_n), y_n)."""
+    params = list(params or [p for p in model.parameters() if p.requires_grad])
+    call, flat0 = _flat_fn(model, params)
+    grads = []
+    for X, y in data:
+        for n in range(y.shape[0]):
+            Xn, yn = X[n : n + 1], y[n : n + 1]
+            grads.append(
+                torch.func.grad(lambda w, Xn=Xn, yn=yn: point_loss(call(w, Xn), yn))(flat0)
+            )
+    G = torch.stack(grads)
+    return c * G.T @ G

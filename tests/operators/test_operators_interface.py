@@ -84,8 +84,10 @@ def test_num_data_given_or_counted():
     model, loss_fn, data = make_problem("mlp_tanh", "mse")
     op = curvops.HessianOperator(model, loss_fn, data)
     assert op.num_data == 10
-    half = curvops.HessianOperator(model, loss_fn, data, num_data=20)
-    torch.testing.assert_close(half.to_dense(), op.to_dense() / 2)
+    same = curvops.HessianOperator(model, loss_fn, data, num_data=10)
+    torch.testing.assert_close(same.to_dense(), op.to_dense())
+    with pytest.raises(ValueError, match="num_data=20 was given, but the data yield 10 data"):
+        curvops.HessianOperator(model, loss_fn, data, num_data=20)
 
 
 def test_dataloader_is_accepted():

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
+from curvops.core import checks
 from curvops.core.checks import check_count
 from curvops.core.data import Batch
 from curvops.core.losses import output_loss
@@ -40,8 +41,9 @@ class GGNOperator(ExactOperator):
             or "reverse" (one backward through the cached graph of Jᵀu, which is linear in u);
             None (the default): "reverse" while the graph cache is on (no forward pass per
             product), "forward" without it; "auto" times both once on the first batch and
-            keeps the faster. Where forward mode fails (an op without a forward-mode rule),
-            "auto" and the default use reverse mode.
+            keeps the faster. Where one way fails (forward: an op without a forward-mode rule,
+            e.g. fused attention or LSTM kernels; reverse: a backward op without a
+            derivative, e.g. nn.Hardsigmoid's), "auto" and the default use the other.
         chunk_size: the most columns of a matmat processed at once, all of them in one
             batched pass (memory: see ``CurvatureOperator``); None: as ``column_mode`` says
             (see ``curvops.operators.exact.columns.ColumnPlan``).
@@ -51,8 +53,10 @@ class GGNOperator(ExactOperator):
             pass with jvp="reverse", and never a new graph for Jᵀ U.
         on_stale: "recompute" (default: products follow the parameters' current values) or
             "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
-    ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss or nn.BCEWithLogitsLoss (mean or
-    sum); other keyword arguments: see ``CurvatureOperator``.
+    ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss (class weights, ignore_index, label
+    smoothing) or nn.BCEWithLogitsLoss (weight, pos_weight: not with mode="mc"), mean or
+    sum; weighted terms count as that many copies (``curvops.core.losses``). Other keyword
+    arguments: see ``CurvatureOperator``.
     """
 
     is_psd = True
@@ -74,6 +78,8 @@ class GGNOperator(ExactOperator):
         if jvp is not None:
             check_choice("jvp", jvp, JvpMethod)
         self.output_loss = output_loss(loss_fn)
+        if self.mode == "mc":
+            self.output_loss.check_sampling()
         self.mc_samples, self.seed, self.jvp = mc_samples, seed, jvp
         self._reverse_jvp: bool | None = None
         super().__init__(model, loss_fn, data, **kwargs)
@@ -104,12 +110,7 @@ class GGNOperator(ExactOperator):
         return self._cache.build(batch, lambda: self._build_graph(batch, reverse), params)
 
     def _build_graph(self, batch: Batch, reverse: bool) -> OutputGraph:
-        f = self._forward(batch.X)
-        if not isinstance(f, torch.Tensor):
-            raise TypeError(
-                f"the model returned a {type(f).__name__}; GGN/Fisher need a tensor "
-                "output: wrap the model so that forward returns the logits"
-            )
+        f = checks.tensor_output(self._forward(batch.X), "GGN/Fisher")
         self.output_loss.check_targets(f, batch.y)
         return OutputGraph.build(f, self.layout.params, reverse)
 
@@ -122,34 +123,53 @@ class GGNOperator(ExactOperator):
         return self._cache.enabled
 
     def _time_jvp(self, batch: Batch) -> bool:
-        """Time J v both ways on one batch (jvp="auto"); reverse if forward mode fails."""
+        """Time J v both ways on one batch (jvp="auto"); a way that fails is not chosen."""
         graph = self._build_graph(batch, reverse=True)
         block = self.layout.blocks[0]
         vs = [torch.ones_like(self.layout.params[i]).unsqueeze(0) for i in block]  # no RNG use
-        seconds = {}
-        try:
-            for reverse in (True, False, True, False):  # the second round is warm
-                start = now(self.device)
-                graph.reverse = reverse
-                self._jacobian_matmat(graph, batch, block, vs)
-                seconds[reverse] = now(self.device) - start
-        except RuntimeError:  # no forward-mode rule for an op of the model
-            return True
-        return seconds[True] < seconds[False]
+        seconds = {True: 0.0, False: 0.0}
+        for reverse in (True, False, True, False):  # the second round is warm
+            if seconds[reverse] == float("inf"):
+                continue
+            start = now(self.device)
+            try:
+                self._jv(graph, batch, block, vs, reverse)
+            except (RuntimeError, NotImplementedError):  # no rule for an op of the model
+                seconds[reverse] = float("inf")
+                continue
+            seconds[reverse] = now(self.device) - start
+        return seconds[True] <= seconds[False]
 
     # ---------------------------------------------------------------- J V and Jᵀ U
     def _jacobian_matmat(self, graph: OutputGraph, batch: Batch, block, vs) -> torch.Tensor:
-        if not graph.reverse:
-            try:
-                return self._forward_jvp(batch, block, vs)
-            except RuntimeError as err:  # NotImplementedError too: no forward-mode rule
-                if self.jvp == "forward":
-                    raise ValueError(
-                        f"forward-mode J v failed on this model ({err}); build the operator "
-                        "with jvp='reverse' (or leave jvp unset)"
-                    ) from err
-                self._reverse_jvp = True
-                graph.enable_reverse(self.layout.params)
+        """J_b V_b (k, *f.shape) the decided way; where an op has no rule for it (forward:
+        fused attention or RNN kernels, rrelu; reverse: a backward without a derivative,
+        e.g. hardsigmoid), the other way from then on, unless ``jvp`` asked for this one."""
+        way = "reverse" if graph.reverse else "forward"
+        try:
+            return self._jv(graph, batch, block, vs, graph.reverse)
+        except (RuntimeError, NotImplementedError) as err:
+            if self.jvp == way:
+                other = "forward" if graph.reverse else "reverse"
+                raise ValueError(
+                    f"{way}-mode J v failed on this model ({err}); build the operator with "
+                    f"jvp='{other}' (or leave jvp unset)"
+                ) from err
+            failed = err
+        reverse = way == "forward"
+        try:
+            result = self._jv(graph, batch, block, vs, reverse)
+        except (RuntimeError, NotImplementedError):
+            raise failed from None  # both ways fail: not a missing rule
+        self._reverse_jvp = reverse
+        return result
+
+    def _jv(self, graph: OutputGraph, batch: Batch, block, vs, reverse: bool) -> torch.Tensor:
+        """J_b V_b by reverse mode through the cached graph, or by forward mode."""
+        graph.reverse = reverse
+        if not reverse:
+            return self._forward_jvp(batch, block, vs)
+        graph.enable_reverse(self.layout.params)
         return graph.jacobian_matmat(block, vs, self._step(vs[0].shape[0]))
 
     def _forward_jvp(self, batch: Batch, block, vs) -> torch.Tensor:

@@ -14,6 +14,7 @@ from curvops.core.options import HvpMethod, check_choice
 from curvops.operators.exact.autograd import batched_grad
 from curvops.operators.exact.base import ExactOperator, filled
 from curvops.operators.exact.columns import contiguous_columns
+from curvops.operators.exact.derivatives import hessian_message, missing_op
 
 
 class HessianOperator(ExactOperator):
@@ -53,6 +54,15 @@ class HessianOperator(ExactOperator):
         return self.hvp == "double_backward"
 
     def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        try:
+            return self._hessian_matmat(batch, Vs)
+        except (RuntimeError, NotImplementedError) as err:  # an op without a second derivative
+            op = missing_op(err)
+            if op is None:
+                raise
+            raise ValueError(hessian_message(op)) from err
+
+    def _hessian_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
         Vs = contiguous_columns(self._columns, Vs)
         out: list[torch.Tensor | None] = [None] * len(Vs)
         if self.hvp == "double_backward":

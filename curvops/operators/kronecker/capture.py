@@ -1,12 +1,15 @@
 """Per-batch raw material of KFAC / EKFAC: layer inputs and backpropagated output vectors.
 
-One forward pass with hooks records every layer's inputs a (B, R, D₁) and output; then K
-vectors u_k (K, *f.shape) are backpropagated from the model output f to every layer output:
+One forward pass with hooks records every use (call) of a layer: its inputs a (B, R, D₁) and
+output (``hooks``); then K vectors u_k (K, *f.shape) are backpropagated from the model output
+f to every recorded output (forward-only: none, G = I):
   type2:     u_k = √(w s) S_k,  Σ_k S_k S_kᵀ = ∇²_f ℓ per term   (loss.hessian_sqrt)
   mc:        u_m = √(w s / M) ∇_f ℓ(f, ŷ_m),  ŷ_m ~ p(y | f),  m < M
   empirical: u   = √(w s) ∇_f ℓ(f, y)
-(w the batch weight B/N or 1, s the loss's reduction factor), so that Σ over batches and k
-of b bᵀ, b = J_layerᵀ u, is the output-gradient factor G of the whole-data loss.
+(w the batch weight d_b / D or 1, s the loss's reduction factor; the terms' own weights
+ω — class weights, 0 for ignored targets — are inside S and ∇ℓ as √ω: see
+``curvops.core.losses``), so that Σ over batches and k of b bᵀ, b = J_layerᵀ u, is the
+output-gradient factor G of the whole-data loss.
 """
 
 from __future__ import annotations
@@ -14,62 +17,34 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
+from curvops.core.checks import tensor_output
 from curvops.core.data import Batch
 from curvops.core.losses import OutputLoss
 from curvops.core.seeds import PointSampler
-from curvops.operators.kronecker.layers import Layer, layer_inputs, output_grads
+from curvops.operators.kronecker.hooks import Capture, Sites, Use
 
 
-class _Capture:
-    """Forward hooks: inputs (B, R, D₁) and outputs of each layer, one call per forward.
-    With ``on_input``, each layer's inputs go to ``on_input(i, a)`` and are not kept."""
+@dataclass
+class BatchPass:
+    """One batch's forward pass: its ``uses`` (in call order), the model output ``f`` and
+    ``chunks``, yielding per chunk of vectors one entry per use: b (K', B, R, D₂ᵤ) for a
+    Kronecker layer's use, the gradients w.r.t. its outputs for a fallback module's."""
 
-    def __init__(self, layers: list[Layer], on_input: Callable | None = None) -> None:
-        self.layers, self.on_input = layers, on_input
-        self.inputs: dict[int, torch.Tensor] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-
-    def hook(self, i: int) -> Callable:
-        def fn(module, args, output):
-            if i in self.outputs:
-                layer = self.layers[i]
-                raise ValueError(
-                    f"module '{layer.name}' ({type(module).__name__}) was called more than once "
-                    "in one forward pass (weight sharing / tying): KFAC supports one call per "
-                    "forward pass. Pass params= without its parameters"
-                )
-            a = layer_inputs(module, args[0].detach())
-            if self.on_input is None:
-                self.inputs[i] = a
-            else:
-                self.on_input(i, a)
-            self.outputs[i] = output
-            return output.clone()  # later in-place ops must not change the recorded output
-
-        return fn
-
-    @contextmanager
-    def active(self):
-        handles = [
-            layer.module.register_forward_hook(self.hook(i)) for i, layer in enumerate(self.layers)
-        ]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
+    uses: list[Use]
+    f: torch.Tensor
+    chunks: Iterator[list]
 
 
 class BatchCollector:
-    """Per batch: the layers' inputs, and their output gradients chunk by chunk of vectors.
+    """Per batch: the uses of the layers, and their output gradients chunk by chunk of vectors.
 
-    ``collect(batch, w)`` -> (inputs, chunks): inputs[i] is a (B, R, D₁) or None (layer i
-    not called); ``chunks`` yields, per chunk of at most ``max_columns`` vectors, a list with
-    b (K', B, R, D₂) (or None) per layer. Sums over the chunks are sums over all K vectors.
+    ``collector(batch, w)`` -> ``BatchPass``; ``chunks`` yields per chunk of at most
+    ``max_columns`` vectors one entry per use. Sums over the chunks are sums over all K
+    vectors (forward-only: no vectors, no chunks).
     For type-2 with several loss terms per data point (sequence outputs) every column of
     the Hessian's square root is split by term position, so that backpropagated vectors of
     different terms never mix (exact for any architecture; costs one backward per term).
@@ -77,7 +52,7 @@ class BatchCollector:
 
     def __init__(
         self,
-        layers: list[Layer],
+        sites: Sites,
         loss: OutputLoss,
         forward: Callable,
         forward_context: Callable,
@@ -86,9 +61,11 @@ class BatchCollector:
         seed: int,
         max_columns: int = 32,
     ) -> None:
-        self.layers, self.loss, self.forward = layers, loss, forward
+        self.sites, self.loss, self.forward = sites, loss, forward
         self.forward_context = forward_context
         self.fisher, self.mc_samples, self.seed = fisher, mc_samples, seed
+        if fisher == "mc":
+            loss.check_sampling()
         self.max_columns = max_columns
 
     def __call__(
@@ -96,41 +73,36 @@ class BatchCollector:
         batch: Batch,
         weight: float,
         max_columns: int | None = None,
-        on_input: Callable | None = None,
-    ):
-        """(inputs, chunks) of one batch; ``max_columns`` overrides the chunk size (1: no
-        stacking of the per-vector gradients, the cheapest when each chunk is summed anyway);
-        with ``on_input(i, a)`` each layer's inputs are handed over during the forward pass
-        and not kept (inputs[i] is then None): a batch's inputs never all live at once."""
-        capture = _Capture(self.layers, on_input)
+        on_use: Callable[[Use], None] | None = None,
+    ) -> BatchPass:
+        """One batch's pass; ``max_columns`` overrides the chunk size (1: no stacking of the
+        per-vector gradients, the cheapest when each chunk is summed anyway); ``on_use(use)``
+        sees each use during the forward pass (and may drop its inputs, so that a batch's
+        inputs never all live at once)."""
+        capture = Capture(self.sites, batch.size, on_use)
         with capture.active(), torch.enable_grad(), self.forward_context():
-            f = self.forward(batch.X)
-        if not isinstance(f, torch.Tensor):
-            raise TypeError(
-                f"the model returned a {type(f).__name__}; KFAC needs a tensor output: wrap "
-                "the model so that forward returns the logits"
-            )
+            f = tensor_output(self.forward(batch.X), "KFAC")
         self.loss.check_targets(f, batch.y)
-        inputs = [capture.inputs.get(i) for i in range(len(self.layers))]
+        if self.fisher == "forward-only":
+            return BatchPass(capture.uses, f, iter(()))
         U = self.vectors(f.detach(), batch, weight, max_columns or self.max_columns)
-        return inputs, self._chunks(f, capture.outputs, U)
+        return BatchPass(capture.uses, f, self._chunks(f, capture.uses, U))
 
-    def _chunks(self, f: torch.Tensor, outputs: dict[int, torch.Tensor], columns):
-        called = sorted(outputs)
-        if not called:
+    def _chunks(self, f: torch.Tensor, uses: list[Use], columns) -> Iterator[list]:
+        outputs = [o for use in uses for o in use.outputs]
+        if not outputs:
             return
         for U in columns:
-            grads = _backprop(f, [outputs[i] for i in called], U)
-            result: list[torch.Tensor | None] = [None] * len(self.layers)
-            for i, g in zip(called, grads):
-                result[i] = output_grads(self.layers[i].module, g)
-            yield result
+            yield split_by_use(uses, backprop(f, outputs, U))
 
     def vectors(
         self, f: torch.Tensor, batch: Batch, weight: float, max_columns: int
     ) -> Iterator[torch.Tensor]:
-        """Chunks (K', *f.shape) of the output-space vectors whose backpropagations build G."""
+        """Chunks (K', *f.shape) of the output-space vectors whose backpropagations build G
+        (none when every target of the batch is ignored: d_b = 0)."""
         loss, y = self.loss, batch.y
+        if not batch.denominator:
+            return iter(())
         scale = weight * loss.scale(f, y)
         if self.fisher == "type2":
             U = loss.hessian_sqrt(f, y) * math.sqrt(scale)
@@ -162,7 +134,16 @@ def _split_by_term(U: torch.Tensor, axes: tuple[int, ...], max_columns: int):
             yield masked
 
 
-def _backprop(f: torch.Tensor, outputs: list[torch.Tensor], U: torch.Tensor):
+def split_by_use(uses: list[Use], grads: list[torch.Tensor]) -> list:
+    """Per use: b (K', B, R, D₂ᵤ) (a Kronecker layer) or its outputs' gradients (a module)."""
+    out, it = [], iter(grads)
+    for use in uses:
+        gs = [next(it) for _ in use.outputs]
+        out.append(use.layout(gs[0]) if use.layout is not None else gs)
+    return out
+
+
+def backprop(f: torch.Tensor, outputs: list[torch.Tensor], U: torch.Tensor):
     """[(K', *out.shape)] = J_outᵀ U_k for every recorded layer output, one backward per k.
 
     (A vmapped backward, ``is_grads_batched=True``, measured slower on CPU for a small CNN.)

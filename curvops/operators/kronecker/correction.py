@@ -1,8 +1,12 @@
 """EKFAC's eigenvalue correction E = Σ_{n,k} (Q_Gᵀ g_nk Q_A)² from rotated layer quantities.
 
-bt (K, B, R, D₂): output vectors in the basis of G; at (B, R, D₁): inputs in the basis of A.
+bt (K, B, R, D₂): output vectors in the basis of G; at (B, R, D₁): inputs in the basis of A
+(R: the positions of all of a layer's uses in the batch, concatenated):
   per-example:  E = Σ_{k,n} (Σ_r bt_knr at_nrᵀ)²                 memory B·D₁·D₂
   Gramian:      E_ij = Σ_n Σ_{s,t} (Σ_k bt_ks,i bt_kt,i)(at_s,j at_t,j)   memory B·R²(D₁ + D₂)
+  groups g:     the same per group, bt (K, B, R, g, d₂), at (B, R, g, d₁) -> E (g, d₂, d₁)
+  embedding:    Q_A = I and a = one-hot ids: E[:, v] = Σ_{n,k} (Σ_{r: id_nr = v} bt_nrk)²,
+                a scatter over the (point, token) pairs present (memory B·R·D, never B·V·D)
 """
 
 from __future__ import annotations
@@ -18,11 +22,26 @@ def rotate(b: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     return b @ Q
 
 
+def rotate_grouped(b: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """b (K', B, R, g·d) in the per-group bases Q (g, d, d) -> (K', B, R, g, d)."""
+    K, B, R, D = b.shape
+    bg = b.reshape(K, B, R, Q.shape[0], D // Q.shape[0])
+    return torch.einsum("kbrgi,gij->kbrgj", bg, Q)
+
+
 def per_example_correction(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """Σ_{k,n} (Σ_r bt_knr atᵀ_nr)² for bt (K, B, R, D₂), at (B, R, D₁) -> (D₂, D₁)."""
     E = bt.new_zeros(bt.shape[3], at.shape[2])
     for bk in bt:  # one (B, D₂, D₁) batch of per-example gradients at a time
         E += (bk.transpose(1, 2) @ at).square().sum(dim=0)
+    return E
+
+
+def grouped_per_example(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """bt (K, B, R, g, d₂), at (B, R, g, d₁) -> E (g, d₂, d₁)."""
+    E = bt.new_zeros(bt.shape[3], bt.shape[4], at.shape[3])
+    for bk in bt:
+        E += torch.einsum("brgi,brgj->bgij", bk, at).square().sum(dim=0)
     return E
 
 
@@ -32,11 +51,34 @@ def gramian_correction(bt: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
 
 
 def gramian_b(bt: torch.Tensor) -> torch.Tensor:
-    """Σ_k bt_ks bt_ktᵀ per example and feature: (K, B, R, D₂) -> (B, R, R, D₂)."""
+    """Σ_k bt_ks bt_ktᵀ per example and feature: (K, B, R, D₂) -> (B, R, R, D₂); grouped
+    (K, B, R, g, d₂) -> (B, R, R, g, d₂)."""
+    if bt.ndim == 5:
+        return torch.einsum("knsgi,kntgi->nstgi", bt, bt)
     return torch.einsum("knsi,knti->nsti", bt, bt)
 
 
 def gramian_product(gb: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """E from gb (B, R, R, D₂) and the rotated inputs at (B, R, D₁): (D₂, D₁)."""
+    """E from gb (B, R, R, D₂) and the rotated inputs at (B, R, D₁): (D₂, D₁); grouped:
+    gb (B, R, R, g, d₂), at (B, R, g, d₁) -> (g, d₂, d₁)."""
+    if gb.ndim == 5:
+        ga = torch.einsum("nsgj,ntgj->nstgj", at, at)
+        return torch.einsum("nstgi,nstgj->gij", gb, ga)
     ga = torch.einsum("nsj,ntj->nstj", at, at)  # (B, R, R, D₁)
     return gb.reshape(-1, gb.shape[-1]).T @ ga.reshape(-1, ga.shape[-1])
+
+
+def embedding_correction(
+    bt: torch.Tensor, ids: torch.Tensor, vocab: int, padding_idx: int | None
+) -> torch.Tensor:
+    """E (D, V) for bt (K, B, R, D) and token ids (B, R): per (point, token) the sum of the
+    rotated vectors at its positions, squared, summed over points and vectors."""
+    K, B, R, D = bt.shape
+    keep = (ids != padding_idx) if padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
+    point = torch.arange(B, device=ids.device).unsqueeze(1).expand(B, R)
+    keys = (point * vocab + ids)[keep]  # (M,)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    vectors = bt.permute(1, 2, 0, 3)[keep]  # (M, K, D)
+    sums = vectors.new_zeros(unique.shape[0], K, D).index_add_(0, inverse, vectors)
+    E = bt.new_zeros(D, vocab)
+    return E.index_add_(1, unique % vocab, sums.square().sum(1).T)

@@ -1,101 +1,156 @@
-"""The layers KFAC / EKFAC understand: which modules, their inputs and output gradients.
+"""The layers with a Kronecker structure: how each one's weight acts as a matrix W (D₂, D₁).
 
-Per layer, the weight acts as a matrix W (D₂, D₁) on R "positions" of each data point:
-  nn.Linear on x (B, ..., D₁):  positions = the axes between batch and features
-  nn.Conv2d on x (B, C, H, W):  positions = the L output pixels, D₁ = C·kh·kw (unfolded patches)
-so a layer's inputs are a (B, R, D₁) and its output gradients b (..., B, R, D₂).
+Per call (a "use"), the inputs a (B, R, D₁) and output gradients b (K, B, R, D₂) at R
+positions sharing the weight (tokens, pixels):
+  nn.Linear                  W = weight (D₂, D₁); positions: the axes between batch and features
+  transformers' Conv1D       W = weightᵀ (weight (D₁, D₂), y = x weight + bias)
+  nn.Conv1d / 2d / 3d        W = weight.reshape(D₂, C_in/g · k), a = unfolded patches; with
+                             groups g, rows of group g see only their channels' patches
+  nn.Embedding               W = weightᵀ (D, V), a = one-hot token ids (kept as ids (B, R))
+  nn.MultiheadAttention      in_proj_weight (3E, E) on q = k = v (self-attention: one call;
+                             otherwise one call per row slice), out_proj on the heads' output
+A ``Role`` is one (weight, bias) pair a module multiplies its inputs with.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-SUPPORTED_LAYERS = "nn.Linear, nn.Conv2d (groups=1)"
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+KRONECKER_LAYERS = (
+    "nn.Linear, nn.Conv1d/2d/3d (any groups), nn.Embedding, transformers' Conv1D, "
+    "nn.MultiheadAttention's projections"
+)
 
 
-@dataclass
-class Layer:
-    """A supported module and the chosen parameters it owns (indices into the layout)."""
+@dataclass(frozen=True, eq=False)
+class Role:
+    """A (weight, bias) pair a module multiplies its inputs with, and its geometry.
 
-    name: str
+    ``kind``: "dense" (a (B, R, D₁) input) or "embedding" (token ids); ``transposed``: the
+    weight is stored (D₁, D₂); ``rows``: D₂ (all groups); ``cols``: D₁ (per group).
+    """
+
     module: nn.Module
-    weight: int | None  # index of the weight in the operator's params, or None
-    bias: int | None
-    joint: bool  # weight and bias in one block (inputs augmented with a 1)
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    kind: str
+    transposed: bool
+    rows: int
+    cols: int
+    groups: int = 1
 
-    @property
-    def in_dim(self) -> int:
-        """D₁ of the weight's A factor (+1 when the bias joins the weight)."""
-        return weight_in_dim(self.module) + int(self.joint)
-
-    @property
-    def out_dim(self) -> int:
-        return _weight(self.module).shape[0]
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in (self.weight, self.bias) if p is not None]
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D, recognised by name (transformers is optional)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
 
 
-def weight_in_dim(module: nn.Module) -> int:
-    return _weight(module)[0].numel()
+def site_kind(module: nn.Module) -> str | None:
+    """ "linear", "conv", "embedding", "mha" for a layer curvops factors, else None."""
+    cls = type(module)
+    if isinstance(module, nn.Linear) and cls.forward is nn.Linear.forward:
+        return "linear"
+    if isinstance(module, CONVS) and cls.forward in [c.forward for c in CONVS]:
+        return "conv"
+    if is_hf_conv1d(module):
+        return "linear"
+    if isinstance(module, nn.Embedding) and cls.forward is nn.Embedding.forward:
+        plain = module.max_norm is None and not module.scale_grad_by_freq
+        return "embedding" if plain else None
+    if isinstance(module, nn.MultiheadAttention) and cls.forward is nn.MultiheadAttention.forward:
+        return "mha"
+    return None
 
 
-def check_supported(name: str, module: nn.Module, param_names: list[str]) -> None:
-    """Raise a ValueError naming the module if KFAC cannot handle it."""
-    what = ", ".join(f"'{n}'" for n in param_names)
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ValueError(
-            f"module '{name}' (Conv2d with groups={module.groups}) owns {what}: KFAC supports "
-            f"{SUPPORTED_LAYERS}. Pass params= without its parameters"
-        )
-    if not isinstance(module, (nn.Linear, nn.Conv2d)):
-        raise ValueError(
-            f"module '{name}' ({type(module).__name__}) owns the trainable parameter(s) {what}, "
-            f"but KFAC supports only {SUPPORTED_LAYERS}. Pass params= without them, e.g. "
-            "params=[p for n, p in model.named_parameters() if ...], or freeze them"
-        )
+def roles_of(module: nn.Module, kind: str) -> list[Role]:
+    """The (weight, bias) pairs a module of ``kind`` applies."""
+    bias = getattr(module, "bias", None)
+    if kind == "linear" and is_hf_conv1d(module):
+        D1, D2 = module.weight.shape
+        return [Role(module, module.weight, bias, "dense", True, D2, D1)]
+    if kind == "linear":
+        return [Role(module, module.weight, bias, "dense", False, *module.weight.shape)]
+    if kind == "conv":
+        w = module.weight
+        return [Role(module, w, bias, "dense", False, w.shape[0], w[0].numel(), module.groups)]
+    if kind == "embedding":
+        V, D = module.weight.shape
+        return [Role(module, module.weight, None, "embedding", True, D, V)]
+    if kind == "mha":
+        return _mha_roles(module)
+    return []
 
 
-def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The inputs the weight multiplies: (B, R, D₁)."""
-    if isinstance(module, nn.Conv2d):
-        if x.ndim != 4:
-            raise ValueError(
-                f"Conv2d input of shape {tuple(x.shape)}: KFAC needs a batch axis (B, C, H, W)"
-            )
-        return _patches(module, x)
+def _mha_roles(m: nn.MultiheadAttention) -> list[Role]:
+    """Packed in_proj_weight with in_proj_bias, or q/k/v_proj_weight sharing in_proj_bias
+    (a bias without a weight of its own); out_proj is an nn.Linear of its own."""
+    b = m.in_proj_bias
+    if m._qkv_same_embed_dim:
+        w = m.in_proj_weight
+        return [Role(m, w, b, "dense", False, *w.shape)]
+    roles = [
+        Role(m, w, None, "dense", False, *w.shape)
+        for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+    ]
+    if b is not None:
+        roles.append(Role(m, None, b, "dense", False, b.shape[0], 1))
+    return roles
+
+
+# -------------------------------------------------------------------- inputs and layouts
+def dense_inputs(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A Linear's inputs (B, ..., D₁) -> (B, R, D₁)."""
     if x.ndim < 2:
         raise ValueError(f"Linear input of shape {tuple(x.shape)}: KFAC needs a batch axis")
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    return x.reshape(batch, -1, x.shape[-1])
 
 
-def _patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded patches (B, L, C·kh·kw), in the order of weight.reshape(C_out, -1).
+def conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded patches (B, L, C·∏k) in the order of weight.reshape(C_out, -1).
 
-    Strided windows (``Tensor.unfold``) rather than ``F.unfold``, whose CPU kernel is ~20x
-    slower here; a dilation d takes every d-th entry of a window of size d(k − 1) + 1.
+    Strided windows (``Tensor.unfold``) rather than ``F.unfold`` (~20x slower on CPU here),
+    any number of spatial axes; a dilation d takes every d-th entry of a window d(k − 1) + 1.
     """
+    n = len(module.kernel_size)
+    if x.ndim != n + 2:
+        raise ValueError(
+            f"{type(module).__name__} input of shape {tuple(x.shape)}: KFAC needs a batch axis "
+            f"(B, C, {n} spatial axes)"
+        )
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
-    windows = windows[..., ::dh, ::dw]  # (B, C, H_out, W_out, kh, kw)
-    return rearrange(windows, "b c h w i j -> b (h w) (c i j)")
+    for i, (k, s, d) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)
+    x = x[(..., *[slice(None, None, d) for d in module.dilation])]  # (B, C, *out, *k)
+    order = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+    width = x.shape[1] * math.prod(x.shape[2 + n :])
+    return x.permute(order).reshape(x.shape[0], -1, width)
 
 
-def output_grads(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    """Gradients w.r.t. the layer output (K, B, ...) -> (K, B, R, D₂)."""
-    if isinstance(module, nn.Conv2d):
-        return rearrange(g, "k b c h w -> k b (h w) c")
-    return g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
+def role_inputs(role: Role, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B, R, D₁) inputs of a call (token ids (B, R) for an embedding)."""
+    if role.kind == "embedding":
+        return x.reshape(batch, -1)
+    if isinstance(role.module, CONVS):
+        return conv_patches(role.module, x)
+    return dense_inputs(x, batch)
+
+
+def output_grads(role: Role, g: torch.Tensor, batch: int) -> torch.Tensor:
+    """Gradients w.r.t. a call's output (K, B, ...) -> (K, B, R, D₂)."""
+    if isinstance(role.module, CONVS):
+        return g.flatten(3).transpose(2, 3)  # (K, B, C, *spatial) -> (K, B, R, C), a view
+    return g.reshape(g.shape[0], batch, -1, g.shape[-1])
 
 
 def augment(a: torch.Tensor) -> torch.Tensor:
@@ -103,48 +158,34 @@ def augment(a: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
 
 
-def group_by_module(model: nn.Module, params: list[torch.Tensor]):
-    """[(module name, module, its chosen params)] in order of first appearance in ``params``."""
-    owners: dict[int, list[tuple[str, nn.Module]]] = {}
-    for mod_name, module in model.named_modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), []).append((mod_name or "(root)", module))
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups: dict[int, tuple[str, nn.Module, list[torch.Tensor]]] = {}
-    for p in params:
-        if id(p) not in owners:
-            raise ValueError(f"a tensor of shape {tuple(p.shape)} in params is not in the model")
-        if len(owners[id(p)]) > 1:
-            mods = " and ".join(f"'{n}'" for n, _ in owners[id(p)])
-            raise ValueError(
-                f"parameter '{names[id(p)]}' is shared by modules {mods} (weight tying): KFAC "
-                "needs one module per parameter. Pass params= without it"
-            )
-        name, module = owners[id(p)][0]
-        groups.setdefault(id(module), (name, module, []))[2].append(p)
-    for name, module, ps in groups.values():
-        check_supported(name, module, [names[id(p)] for p in ps])
-    return list(groups.values())
+def one_hot_counts(ids: torch.Tensor, size: int, padding_idx: int | None) -> torch.Tensor:
+    """Σ_{n,r} one_hot(id_nr) (V,): the diagonal of Σ a aᵀ; padding tokens are inputs 0."""
+    counts = torch.bincount(ids.reshape(-1), minlength=size)
+    if padding_idx is not None:
+        counts[padding_idx] = 0
+    return counts
 
 
-def make_layers(groups, index_of: dict[int, int], separate: bool) -> list[Layer]:
-    """Layers with the indices of their weight / bias in the operator's parameter layout."""
-    layers = []
-    for name, module, ps in groups:
-        ids = {id(p) for p in ps}
-        w = index_of[id(module.weight)] if id(module.weight) in ids else None
-        b = module.bias
-        b = index_of[id(b)] if b is not None and id(b) in ids else None
-        layers.append(
-            Layer(name, module, w, b, joint=not separate and w is not None and b is not None)
-        )
-    return layers
+# -------------------------------------------------------------------- per-example gradients
+def weight_grads(role: Role, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-example gradients of the rows of W (D₂ᵤ, D₁) a call touches: Σ_r b_r a_rᵀ,
+    a (B, R, D₁), b (K, B, R, D₂ᵤ) -> (K, B, D₂ᵤ, D₁); embedding: a = ids (B, R)."""
+    if role.kind == "embedding":
+        return _embedding_grads(role, a, b)
+    g = role.groups
+    if g == 1:
+        return torch.einsum("kbri,brj->kbij", b, a)
+    K, B, R, D2 = b.shape
+    bg, ag = b.reshape(K, B, R, g, D2 // g), a.reshape(B, R, g, -1)
+    return torch.einsum("kbrgi,brgj->kbgij", bg, ag).reshape(K, B, D2, -1)
 
 
-def param_blocks(groups, separate: bool) -> list[list[torch.Tensor]]:
-    """The operator's blocks: per module [weight], [bias] (separate) or [weight, bias]."""
-    blocks = []
-    for _, module, ps in groups:
-        ordered = sorted(ps, key=lambda p: p is not module.weight)  # weight first
-        blocks.extend([[p] for p in ordered] if separate else [ordered])
-    return blocks
+def _embedding_grads(role: Role, ids: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(K, B, D, V): the rows of Wᵀ, b scattered to the columns of the tokens."""
+    K, B, R, D = b.shape
+    padding = getattr(role.module, "padding_idx", None)
+    if padding is not None:
+        b = b * (ids != padding).to(b.dtype).unsqueeze(-1)
+    out = b.new_zeros(K, B, role.cols, D)
+    index = ids.unsqueeze(0).unsqueeze(-1).expand(K, B, R, D)
+    return out.scatter_add_(2, index, b).transpose(2, 3)

@@ -18,14 +18,14 @@ from curvops.core import checks
 from curvops.core.checks import check_count
 from curvops.core.errors import StaleOperatorError
 from curvops.core.losses import output_loss
-from curvops.core.options import Approx, FisherType, OnStale, check_choice
+from curvops.core.options import Approx, FallbackMode, FisherType, OnStale, check_choice
 from curvops.interface import SymmetricTorchOperator
 from curvops.operators.base import CurvatureOperator
 from curvops.operators.chunks import by_chunks
 from curvops.operators.kronecker.algebra import KroneckerBlock
 from curvops.operators.kronecker.capture import BatchCollector
-from curvops.operators.kronecker.layers import group_by_module, make_layers, param_blocks
 from curvops.operators.kronecker.state import check_layers, check_settings
+from curvops.operators.kronecker.tying import make_plan
 
 __all__ = ["KroneckerInverse", "KroneckerOperator", "StaleOperatorError"]
 
@@ -46,6 +46,7 @@ class KroneckerOperator(CurvatureOperator):
         seed: int = 0,
         approx: Approx = "expand",
         separate_weight_and_bias: bool = True,
+        fallback: FallbackMode = "auto",
         on_stale: OnStale = "raise",
         chunk_size: int | None = None,
         params=None,
@@ -58,23 +59,29 @@ class KroneckerOperator(CurvatureOperator):
     ) -> None:
         check_choice("fisher", fisher, FisherType)
         check_choice("approx", approx, Approx)
+        self.fallback = check_choice("fallback", fallback, FallbackMode)
         check_count("mc_samples", mc_samples, 1)
         self.fisher, self.mc_samples, self.seed, self.approx = fisher, mc_samples, seed, approx
         self.separate_weight_and_bias = separate_weight_and_bias
         loss = output_loss(loss_fn)
         params = list(params) if params is not None else None
         chosen = params or [p for p in model.parameters() if p.requires_grad]
-        groups = group_by_module(model, chosen)
+        self.plan = make_plan(model, chosen, separate_weight_and_bias, fallback)
         super().__init__(
-            model, loss_fn, data, params=params, blocks=param_blocks(groups, separate_weight_and_bias),
+            model, loss_fn, data, params=params, blocks=self.plan.blocks,
             num_data=num_data, batch_size_fn=batch_size_fn, progress=progress,
             process_group=process_group, math_attention=math_attention, chunk_size=chunk_size,
             on_stale=on_stale,
         )  # fmt: skip
         index_of = {id(p): i for i, p in enumerate(self.layout.params)}
-        self.layers = make_layers(groups, index_of, separate_weight_and_bias)
+        self.layers, self.fallbacks = self.plan.layers, self.plan.fallbacks
+        for layer in self.layers:
+            layer.weight = index_of.get(id(layer.weight_param))
+            layer.bias = index_of.get(id(layer.bias_param))
+        for fb in self.fallbacks:
+            fb.indices = tuple(index_of[id(p)] for p in fb.params)
         self._collector = BatchCollector(
-            self.layers, loss, self._forward, self._forward_context, fisher, mc_samples, seed
+            self.plan.sites, loss, self._forward, self._forward_context, fisher, mc_samples, seed
         )
         self._blocks: list[KroneckerBlock] = []
         self.compute()
@@ -112,6 +119,17 @@ class KroneckerOperator(CurvatureOperator):
     def _set_state_tensors(self, layers: dict[str, dict[str, torch.Tensor]]) -> None:
         raise NotImplementedError
 
+    @property
+    def structures(self) -> dict[str, str]:
+        """Block name -> "kronecker", "kronecker-diagonal-A" (an embedding's weight: A is
+        diagonal), "exact" or "diagonal" (fallback blocks), in block order."""
+        return dict(zip(self.layout.block_names, self.plan.structures))
+
+    @property
+    def fallback_reasons(self) -> dict[str, str]:
+        """Fallback block name -> why it has no Kronecker structure."""
+        return {fb.name: fb.reason for fb in self.fallbacks}
+
     def _current_blocks(self) -> list[KroneckerBlock]:
         """The blocks, recomputed first (or refused) if the model changed since (see base)."""
         self._ensure_fresh()
@@ -134,14 +152,12 @@ class KroneckerOperator(CurvatureOperator):
 
     def _apply_blocks(self, blocks: list[KroneckerBlock], M: torch.Tensor, fn) -> torch.Tensor:
         out = torch.zeros_like(M)
-        slices, k = self.layout.slices, M.shape[1]
+        slices, sizes = self.layout.slices, self.layout.sizes
         for blk in blocks:
-            D2 = blk.shape[0]
-            V = torch.cat([M[slices[i]].T.reshape(k, D2, -1) for i in blk.params], dim=2)
-            R = fn(blk, V)
-            widths = [self.layout.sizes[i] // D2 for i in blk.params]
-            for i, part in zip(blk.params, torch.split(R, widths, dim=2)):
-                out[slices[i]] = part.reshape(k, -1).T
+            V = torch.cat([M[slices[i]].T for i in blk.params], dim=1)  # (k, p_b)
+            R = blk.from_matrix(fn(blk, blk.to_matrix(V)))
+            for i, part in zip(blk.params, torch.split(R, [sizes[i] for i in blk.params], dim=1)):
+                out[slices[i]] = part.T
         return out
 
     def inverse(self, damping: float, heuristic: bool = False) -> KroneckerInverse:
@@ -154,11 +170,11 @@ class KroneckerOperator(CurvatureOperator):
 
     # ---------------------------------------------------------------- closed forms
     def trace(self) -> float:
-        """tr K = Σ_blocks tr G · tr A (EKFAC: Σ E)."""
+        """tr K = Σ_blocks tr G · tr A (EKFAC: Σ E; fallback blocks: tr F)."""
         return sum(blk.trace() for blk in self._current_blocks())
 
     def frobenius_norm(self) -> float:
-        """‖K‖_F = √(Σ_blocks ‖G‖²_F ‖A‖²_F) (EKFAC: ‖E‖_F)."""
+        """‖K‖_F = √(Σ_blocks ‖G‖²_F ‖A‖²_F) (EKFAC: ‖E‖_F; fallback blocks: ‖F‖_F)."""
         return math.sqrt(sum(blk.frobenius_sq() for blk in self._current_blocks()))
 
     def logdet(self, damping: float = 0.0) -> float:
@@ -175,6 +191,7 @@ class KroneckerOperator(CurvatureOperator):
             "seed": self.seed,
             "approx": self.approx,
             "separate_weight_and_bias": self.separate_weight_and_bias,
+            "fallback": self.fallback,
             "num_data": self.num_data,
         }
 

@@ -1,10 +1,14 @@
 """Checks of a saved KFAC / EKFAC state before it replaces an operator's factors.
 
 Settings: every saved setting that shapes the matrix must equal the operator's own.
-Tensors, per layer: the keys and shapes the model needs, finite values and, by role,
-  G, A        symmetric (‖M − Mᵀ‖_F <= 1000 eps ‖M‖_F) and PSD (λ_min >= −√eps · max |λ|)
-  Q_G, Q_A    orthonormal columns (max |QᵀQ − I| <= √eps)
-  E0, E1      nonnegative (sums of squares)
+Tensors, per layer or fallback block: the keys and shapes the model needs, finite values
+and, by role (a grouped factor (g, n, n) is checked group by group),
+  G, A, F                 symmetric (‖M − Mᵀ‖_F <= 1000 eps ‖M‖_F) and PSD
+                          (λ_min >= −√eps · max |λ|); F: an exact fallback block
+  G_diag, A_diag, F_diag  nonnegative (diagonal factors: forward-only's G, an embedding's A,
+                          a diagonal fallback block)
+  Q_G, Q_A                orthonormal columns (max |QᵀQ − I| <= √eps)
+  E0, E1                  nonnegative (sums of squares)
 with eps that of the saved tensor's dtype; checks run in float64 on the tensor's device.
 """
 
@@ -74,14 +78,20 @@ def check_factor(layer: str, key: str, t: Any, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{where} holds NaN or inf values: the saved state is corrupt")
     eps = torch.finfo(t.dtype).eps
     M = t.detach().double()
-    if key in ("G", "A"):
-        _check_symmetric_psd(where, M, eps)
+    groups = M if M.ndim == 3 else M.unsqueeze(0)
+    if key in ("G", "A", "F"):
+        for m in groups:
+            _check_symmetric_psd(where, m, eps)
     elif key.startswith("Q_"):
-        _check_orthonormal(where, M, eps)
-    elif key.startswith("E") and bool((M < 0).any()):
+        for m in groups:
+            _check_orthonormal(where, m, eps)
+    elif (key.startswith("E") or key.endswith("_diag")) and bool((M < 0).any()):
+        what = "EKFAC's eigenvalues are sums of squares" if key.startswith("E") else (
+            "a diagonal factor of a Gram matrix is nonnegative"
+        )
         raise ValueError(
-            f"{where} has negative entries (min {float(M.min()):.3g}): EKFAC's eigenvalues are "
-            "sums of squares, so the saved state is corrupt"
+            f"{where} has negative entries (min {float(M.min()):.3g}): {what}, so the saved "
+            "state is corrupt"
         )
 
 

@@ -68,13 +68,20 @@ def test_cache_follows_an_optimizer_step_and_buffers():
 
 
 def test_cache_follows_replaced_and_modified_data():
+    """New tensors or in-place writes drop the cached graphs; changed values are refused."""
     model, loss_fn, data, op = _hessian()
     V = _directions(op.shape[0])
+    H = dense_hessian(model, loss_fn, data)
     op.torch_matmat(V)
-    data[1] = (data[1][0] * 2.0, data[1][1])  # a new tensor at index 1
-    _assert_close(op.torch_matmat(V), dense_hessian(model, loss_fn, data) @ V)
-    data[0][0].mul_(0.5)  # in place: the version counter moves
-    _assert_close(op.torch_matmat(V), dense_hessian(model, loss_fn, data) @ V)
+    data[1] = (data[1][0].clone(), data[1][1])  # a new tensor (same values) at index 1
+    _assert_close(op.torch_matmat(V), H @ V)
+    data[0][0].mul_(1.0)  # in place: the version counter moves
+    _assert_close(op.torch_matmat(V), H @ V)
+    data[0][0].mul_(0.5)  # other values: another matrix, refused
+    with pytest.raises(ValueError, match="data changed between passes"):
+        op.torch_matmat(V)
+    fresh = curvops.HessianOperator(model, loss_fn, data)
+    _assert_close(fresh.torch_matmat(V), dense_hessian(model, loss_fn, data) @ V)
 
 
 def test_dataloader_turns_the_cache_off():

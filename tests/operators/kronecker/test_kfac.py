@@ -150,13 +150,16 @@ def test_stale_after_optimizer_step_raises_or_recomputes():
     torch.testing.assert_close(raising.torch_matmat(v), fresh.torch_matmat(v))
 
 
-def test_unsupported_layer_names_module_and_suggests_params():
+def test_unsupported_layer_gets_a_fallback_block_or_names_module_with_error():
     model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
     _, loss_fn, data = make("mlp", "ce")
-    with pytest.raises(ValueError, match=r"module '1' \(LayerNorm\).*params="):
-        KFACOperator(model, loss_fn, data)
+    with pytest.raises(ValueError, match=r"'1.weight' of '1' \(LayerNorm\).*params="):
+        KFACOperator(model, loss_fn, data, fallback="error")
+    op = KFACOperator(model, loss_fn, data)
+    assert op.structures["1.weight"] == op.structures["1.bias"] == "exact"
+    assert "LayerNorm" in op.fallback_reasons["1.weight"]
     params = [p for n, p in model.named_parameters() if not n.startswith("1.")]
-    op = KFACOperator(model, loss_fn, data, params=params)
+    op = KFACOperator(model, loss_fn, data, params=params, fallback="error")
     assert op.shape[0] == sum(p.numel() for p in params)
 
 
@@ -170,19 +173,21 @@ class _Tied(nn.Module):
         return self.out(torch.tanh(self.a(torch.tanh(self.a(X)))))
 
 
-def test_layer_called_twice_raises_naming_it():
+def test_layer_called_twice_is_one_kronecker_block_over_both_calls():
     model = _Tied().double()
     _, loss_fn, data = make("mlp", "ce")
-    with pytest.raises(ValueError, match="module 'a'.*more than once"):
-        KFACOperator(model, loss_fn, data)
+    op = KFACOperator(model, loss_fn, data)
+    assert op.structures == {n: "kronecker" for n, _ in model.named_parameters()}
+    assert [layer.name for layer in op.layers] == ["a", "out"]
 
 
-def test_parameter_shared_by_two_modules_raises():
+def test_parameter_shared_by_two_modules_is_one_block():
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double()
     model[2].weight = model[0].weight
     data = [(torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))]
-    with pytest.raises(ValueError, match="weight tying"):
-        KFACOperator(model, nn.CrossEntropyLoss(), data)
+    op = KFACOperator(model, nn.CrossEntropyLoss(), data)
+    assert [layer.name for layer in op.layers] == ["0.weight", "0.bias", "2.bias"]
+    assert set(op.structures.values()) == {"kronecker"}
 
 
 def test_bad_options():

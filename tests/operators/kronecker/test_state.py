@@ -66,7 +66,7 @@ SETTINGS = [
     (OPS, "seed", {"fisher": "mc", "seed": 0}, {"fisher": "mc", "seed": 1}),
     (OPS, "approx", {"approx": "expand"}, {"approx": "reduce"}),
     (OPS, "separate_weight_and_bias", {}, {"separate_weight_and_bias": False}),
-    (OPS, "num_data", {}, {"num_data": 20}),
+    (OPS, "num_data", {}, {"data": lambda data: data + data}),
     ([EKFACOperator], "correction", {}, {"correction": "per_example"}),
     ([EKFACOperator], "eigenbasis", {}, {"eigenbasis": "qr"}),
 ]
@@ -83,7 +83,8 @@ SETTINGS = [
 def test_each_mismatched_setting_is_refused(cls, setting, saved_kw, loader_kw):
     model, loss_fn, data = make("seq", "mse")
     state = _saved(cls(model, loss_fn, data, **saved_kw))
-    loader = cls(model, loss_fn, data, **loader_kw)
+    kw = dict(loader_kw)
+    loader = cls(model, loss_fn, kw.pop("data", lambda d: d)(data), **kw)
     before = loader.to_dense()
     saved, mine = state[setting], getattr(loader, setting)
     with pytest.raises(

@@ -1,0 +1,88 @@
+"""The ``track`` job: train with the factory's optimizer and track the curvature."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from curvops.cli.factory import load_problem
+from curvops.cli.runtime import prepare_runtime
+from curvops.track import CurvatureTracker
+
+
+def run_track(args) -> dict:
+    """``args.steps`` optimizer steps over the factory's batches (cycled), a measurement at
+    step 0 and every ``args.every`` steps; writes records.jsonl and tracking.png to --out."""
+    if args.every > args.steps:
+        raise ValueError(
+            f"--every {args.every} is larger than --steps {args.steps}: no measurement "
+            "would fall inside the run"
+        )
+    prepare_runtime(args.device, args.threads)
+    problem = load_problem(args.factory)
+    model = problem.model.to(args.device) if args.device else problem.model
+    optimizer = _optimizer(problem, model, args.lr, args.factory)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = CurvatureTracker(
+        model, problem.loss_fn, problem.data, args.every, args.k,
+        curvature=args.curvature, which=args.which, tol=args.tol, trace=args.trace,
+        layers=args.layers, optimizer=optimizer, log=out / "records.jsonl",
+    )  # fmt: skip
+    _print(tracker.measure())
+    _train(model, problem.loss_fn, problem.data, optimizer, tracker, args.steps)
+    tracker.plot(out / "tracking.png")
+    print(f"wrote {out / 'records.jsonl'} ({len(tracker.records)} records), {out / 'tracking.png'}")
+    return {"records": [r.to_dict() for r in tracker.records]}
+
+
+def _optimizer(problem, model, lr: float | None, spec: str):
+    if problem.optimizer is not None:
+        if lr is not None:
+            raise ValueError(f"{spec} returns an optimizer; --lr is for factories without one")
+        return problem.optimizer
+    if lr is None:
+        raise ValueError(
+            f"{spec} returns no optimizer: pass --lr to train with SGD, or return "
+            "(model, loss_fn, data, optimizer)"
+        )
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def _train(model, loss_fn, data, optimizer, tracker: CurvatureTracker, steps: int) -> None:
+    """``steps`` optimizer steps, one batch each, cycling over the data."""
+    device = next(model.parameters()).device
+    batches = itertools.cycle(data) if isinstance(data, (list, tuple)) else _epochs(data)
+    for X, y in itertools.islice(batches, steps):
+        optimizer.zero_grad()
+        loss_fn(model(_to(X, device)), _to(y, device)).backward()
+        optimizer.step()
+        record = tracker.step()
+        if record is not None:
+            _print(record)
+
+
+def _epochs(data):
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the factory's data has no batches")
+
+
+def _to(x, device):
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def _print(record) -> None:
+    top = "  ".join(f"{v:.4g}" for v in record.eigenvalues[:5])
+    extra = f", 2/η {record.two_over_lr:.4g}" if record.two_over_lr is not None else ""
+    print(
+        f"step {record.step}: λ {top}{extra} ({record.n_matvecs} products, {record.seconds:.2f} s)"
+    )
