@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,plot,hf]"
+	$(BIN)/python -m pip install -q -e ".[dev,plot,hf,lightning]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -82,11 +82,14 @@ class _Block:
         z = z - y * (y @ G @ z) / (y @ G @ y)
         zn = float(torch.sqrt((z @ G @ z).clamp_min(0)))
         yd = y.to(S.dtype)
-        self.x, self.ax = S @ yd, AS @ yd
+        x, ax = S @ yd, AS @ yd
+        n = x.norm()
+        self.x, self.ax = x / n, ax / n
+        self.theta = float(self.x @ self.ax)  # the Rayleigh quotient of the stored x
+        self.p = self.ap = None
         if zn > 1e-12:
             zd = (z / zn).to(S.dtype)
             self.p, self.ap = S @ zd, AS @ zd
-        self.theta = float(vals[-1])
 
 
 def layer_top_eigenvalues(

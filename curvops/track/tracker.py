@@ -156,37 +156,43 @@ class CurvatureTracker:
         start = time.perf_counter()
         ops = self._operators()
         seed = self.seed + len(self.records)
-        previous = self._vectors if self.warm else None
-        res = warm_eigsh(ops.main, self.k, previous, self.which, self.tol, self.method, seed=seed)
-        matvecs = {"eigsh": int(res.n_matvecs)}
-        if self.verify:
-            matvecs["verify"] = recompute_residuals(ops.main, res, self.tol)
-        out: dict[str, Any] = {}
-        if self._vectors is not None:
-            out["subspace_cosines"] = subspace_cosines(self._vectors, res.eigenvectors).tolist()
-        self._vectors = res.eigenvectors
+        fields, matvecs = self._eigenpairs(ops.main, seed)
         if self.gradient:
-            out.update(self._gradient(ops.main, res.eigenvectors))
+            fields.update(self._gradient(ops.main, self._vectors))
         if self.trace is not None:
-            out.update(self._trace(ops.main, matvecs))
+            fields.update(self._trace(ops.main, matvecs))
         if self.layers:
-            out.update(self._layer_scores(ops.layers, matvecs, seed))
+            fields.update(self._layer_scores(ops.layers, matvecs, seed))
         if self.approximations:
-            out["approximations"] = operators.compare_approximations(ops, self.k, self.seed)
-        out.update(_learning_rate(self.optimizer))
+            fields["approximations"] = operators.compare_approximations(ops, self.k, self.seed)
+        fields.update(_learning_rate(self.optimizer))
         return CurvatureRecord(
-            step=self.count,
-            eigenvalues=res.eigenvalues.tolist(),
-            residual_norms=res.residual_norms.tolist(),
-            converged=[bool(c) for c in res.converged],
-            n_matvecs=sum(matvecs.values()),
-            seconds=time.perf_counter() - start,
-            curvature=self.curvature, which=self.which, tol=float(self.tol),
-            warm=previous is not None, method=self.method if previous is not None else "lanczos",
-            matvecs=matvecs, **out,
+            step=self.count, n_matvecs=sum(matvecs.values()),
+            seconds=time.perf_counter() - start, matvecs=matvecs, **fields,
         )  # fmt: skip
 
-    def _gradient(self, op, U: np.ndarray) -> dict[str, float]:
+    def _eigenpairs(self, op, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+        """The top-k solve (warm from the previous vectors), its fields and products."""
+        previous = self._vectors if self.warm else None
+        res = warm_eigsh(op, self.k, previous, self.which, self.tol, self.method, seed=seed)
+        matvecs = {"eigsh": int(res.n_matvecs)}
+        if self.verify:
+            matvecs["verify"] = recompute_residuals(op, res, self.tol)
+        fields: dict[str, Any] = {
+            "eigenvalues": res.eigenvalues.tolist(),
+            "residual_norms": res.residual_norms.tolist(),
+            "converged": [bool(c) for c in res.converged],
+            "curvature": self.curvature, "which": self.which, "tol": float(self.tol),
+            "warm": previous is not None,
+            "method": self.method if previous is not None else "lanczos",
+        }  # fmt: skip
+        if self._vectors is not None:
+            cosines = subspace_cosines(self._vectors, res.eigenvectors)
+            fields["subspace_cosines"] = cosines.tolist()
+        self._vectors = res.eigenvectors
+        return fields, matvecs
+
+    def _gradient(self, op, U) -> dict[str, float]:
         g = op.gradient().detach().to(torch.float64).cpu().numpy()
         return {
             "gradient_norm": float(np.linalg.norm(g)),
