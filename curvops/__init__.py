@@ -2,6 +2,7 @@
 
 from curvops import distributed
 from curvops.compare import Comparison, compare
+from curvops.core.lm import CausalLMLoss, MaskedLMLoss
 from curvops.landscapes import Landscape, landscape
 from curvops.linalg import *  # noqa: F403
 from curvops.linalg import __all__ as _linalg_all
@@ -11,10 +12,12 @@ from curvops.report import Report, ReportDiff, analyze, diff_reports
 from curvops.track import CurvatureRecord, CurvatureTracker
 
 __all__ = [
+    "CausalLMLoss",
     "Comparison",
     "CurvatureRecord",
     "CurvatureTracker",
     "Landscape",
+    "MaskedLMLoss",
     "Report",
     "ReportDiff",
     "analyze",

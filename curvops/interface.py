@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +25,8 @@ from curvops.core import checks
 from curvops.core.errors import NotSymmetricError
 
 __all__ = [
+    "OperatorLike",
+    "SupportsTorchMatmat",
     "SymmetricTorchOperator",
     "TorchMatmat",
     "as_linear_operator",
@@ -140,7 +143,23 @@ _REAL_ONLY = (
 )
 
 
-def as_linear_operator(op) -> LinearOperator:
+@runtime_checkable
+class SupportsTorchMatmat(Protocol):
+    """Anything with a torch product, a device and a square shape (duck-typed operators)."""
+
+    shape: tuple[int, int]
+    device: Any
+
+    def torch_matmat(self, M: torch.Tensor) -> torch.Tensor: ...
+
+
+OperatorLike: TypeAlias = (
+    LinearOperator | np.ndarray | torch.Tensor | sp.spmatrix | SupportsTorchMatmat
+)
+"""What every algorithm accepts: a LinearOperator, a dense or sparse matrix, or a duck type."""
+
+
+def as_linear_operator(op: OperatorLike) -> LinearOperator:
     """Accept a LinearOperator, a numpy array or a torch tensor; return a real, square
     LinearOperator (complex dtypes are refused with a TypeError)."""
     if isinstance(op, torch.Tensor):
@@ -153,7 +172,9 @@ def as_linear_operator(op) -> LinearOperator:
     return op
 
 
-def torch_matmat(op, check_symmetric: bool = True, algorithm: str = "") -> TorchMatmat:
+def torch_matmat(
+    op: OperatorLike | TorchMatmat, check_symmetric: bool = True, algorithm: str = ""
+) -> TorchMatmat:
     """Wrap ``op`` as a counting, checked torch matmat on its own device.
 
     A ``TorchMatmat`` is returned as it is (its count keeps running). Uses

@@ -57,7 +57,7 @@ def plot_spectrum(spectra, ax=None, path=None, title="Top eigenvalues"):
         ax.plot(np.arange(1, len(values) + 1), values, marker=marker, ls="-", label=name or None)
     _scale_for(ax, [np.asarray(getattr(v, "eigenvalues", v)) for _, v in items])
     ax.xaxis.set_major_locator(_plt().MaxNLocator(integer=True))
-    ax.set(xlabel="index i", ylabel="eigenvalue λ_i", title=title)
+    ax.set(xlabel=r"index $i$", ylabel=r"eigenvalue $\lambda_i$", title=title)
     if isinstance(spectra, Mapping):
         ax.legend()
     return _finish(fig, path)
@@ -87,7 +87,8 @@ def plot_density(density, ax=None, path=None, log=False, title="Spectral density
         ax.set_yscale("log")
         if (rho > 0).any():  # the fill's zero baseline would stretch the axis to 1e-300
             ax.set_ylim(max(rho[rho > 0].min(), rho.max() * 1e-8), rho.max() * 3)
-    ax.set(xlabel="eigenvalue λ", ylabel="density" + (" (log)" if log else ""), title=title)
+    ylabel = r"density $\rho(\lambda)$" + (" (log)" if log else "")
+    ax.set(xlabel=r"eigenvalue $\lambda$", ylabel=ylabel, title=title)
     return _finish(fig, path)
 
 
@@ -97,7 +98,7 @@ def plot_layers(
     ax=None,
     path=None,
     title="Per-layer top eigenvalue",
-    ylabel="λ_max of the layer block",
+    ylabel=r"$\lambda_{\max}$ of the layer block",
 ):
     """Bars per layer; non-finite values are drawn as hatched empty bars, labelled."""
     fig, ax = _axes(ax, size=(max(6, 0.6 * len(names)), 4))
@@ -121,13 +122,14 @@ def _tick_labels(ax, x, names) -> None:
         ax.set_xticks(x, names, rotation=30, ha="right")
 
 
-def plot_comparison(comparison, path=None):
+def plot_comparison(comparison, path=None, title=None):
     """Spectra overlaid, per-block relative errors, principal-angle cosines, and (when the
-    approximations report block structures, as KFAC / EKFAC do) the errors per structure."""
+    approximations report block structures, as KFAC / EKFAC do) the errors per structure.
+    ``title`` (e.g. the model's name) heads the line that defines the symbols."""
     plt = _plt()
     by_structure = any(a.structure_errors for a in comparison.approximations)
     ncols = 4 if by_structure else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.6), squeeze=False)
     axes = axes[0]
     spectra = {comparison.exact_name: comparison.exact_eigenvalues}
     spectra.update({a.name: a.eigenvalues for a in comparison.approximations})
@@ -141,8 +143,8 @@ def plot_comparison(comparison, path=None):
             label=f"{a.name} (overlap {a.overlap:.2f})",
         )
     axes[2].set(
-        xlabel="principal angle index",
-        ylabel="cos θ_i",
+        xlabel=r"principal angle index $i$",
+        ylabel=r"$\cos\theta_i$",
         ylim=(-0.02, 1.02),
         title=f"Top-{comparison.k} eigenspaces: principal angles",
     )
@@ -150,8 +152,21 @@ def plot_comparison(comparison, path=None):
     axes[2].legend()
     if by_structure:
         _structure_errors(comparison, axes[3])
+    fig.suptitle(_symbols(comparison, title, by_structure), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def _symbols(comparison, title=None, by_structure=False) -> str:
+    """The figure's heading: what A, B, λ_i, A_bb, A_S and θ_i stand for."""
+    head = f"{title}: " if title else ""
+    structure = r"; $A_S$: its blocks of one structure" if by_structure else ""
+    return (
+        f"{head}$A$ = exact {comparison.exact_name}, $B$ = each approximation; "
+        r"$\lambda_i$: $i$-th largest eigenvalue; $A_{bb}$: the block of parameter $b$"
+        f"{structure}; "
+        rf"$\theta_i$: principal angles between the top-{comparison.k} eigenspaces of $A$ and $B$"
+    )
 
 
 def _structure_errors(comparison, ax):
@@ -170,10 +185,15 @@ def _structure_errors(comparison, ax):
             ax.annotate(label, (x[j] + i * width, errors[j]), ha="center", va="bottom", fontsize=8)
         for j in np.flatnonzero(~np.isfinite(errors)):
             ax.bar(x[j] + i * width, 0.05, width, fill=False, hatch="//", edgecolor="0.6")
-    labels = [f"{s}\n({counts[s]} blocks)" for s in structures]
+    labels = [f"{s}\n({counts[s]} block{'s' * (counts[s] != 1)})" for s in structures]
     ax.set_xticks(x + 0.4 - width / 2, labels)
-    ax.set(ylabel="√Σ‖A_bb − B_bb‖² / √Σ‖A_bb‖²", title="Relative error per block structure")
-    ax.legend(loc="upper left")
+    finite = [e for a in reports for e in a.structure_errors.values() if np.isfinite(e)]
+    ax.set_ylim(0, 1.35 * max(finite, default=0.0) or 1.0)  # room for the labels and legend
+    ax.set(
+        ylabel=r"$\|A_S - B_S\|_F \,/\, \|A_S\|_F$",
+        title="Relative error per block structure",
+    )
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def _block_errors(comparison, ax):
@@ -183,7 +203,7 @@ def _block_errors(comparison, ax):
     if not blocks:
         names = [a.name for a in reports]
         ax.bar(names, [a.frobenius_error for a in reports], color="C2")
-        ax.set(ylabel="‖A − B‖_F / ‖A‖_F", title="Relative Frobenius error")
+        ax.set(ylabel=r"$\|A - B\|_F \,/\, \|A\|_F$", title="Relative Frobenius error")
         return
     width = 0.8 / len(reports)
     x = np.arange(len(blocks))
@@ -199,7 +219,7 @@ def _block_errors(comparison, ax):
         if not np.isfinite(reports[0].block_errors[b]):
             _zero_block(ax, pos - width / 2, 0.8, top)
     _tick_labels(ax, x + 0.4 - width / 2, blocks)
-    ax.set(ylabel="‖A_bb − B_bb‖_F / ‖A_bb‖_F", title="Relative error per block")
+    ax.set(ylabel=r"$\|A_{bb} - B_{bb}\|_F \,/\, \|A_{bb}\|_F$", title="Relative error per block")
     ax.set_ylim(0, top)
     ax.legend(loc="upper left")
 

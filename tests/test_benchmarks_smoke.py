@@ -99,3 +99,17 @@ def test_only_wrong_curvops_rows_fail_the_check(capsys):
     krows = [kfac.KfacRow("p", "kfac", "nngeometry", ok=False, peer=True)]
     assert kfac.wrong(krows) == []
     assert "WRONG: eigen p curvops eigsh(arpack)" in capsys.readouterr().out
+
+
+def test_kfac_whole_builds_all_parameters_and_linear_only(monkeypatch):
+    from benchmarks import kfac_whole
+
+    monkeypatch.setattr(kfac_whole, "available", lambda module: False)  # no peers needed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).double()
+    X, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    problem = Problem("tiny", model, nn.CrossEntropyLoss(), [(X[:4], y[:4]), (X[4:], y[4:])])
+    for kind in ("kfac", "ekfac"):
+        results = kfac_whole.construct(kfac_whole.tools(kind), problem, rounds=1)
+        sizes = {tool: P for tool, (_, P) in results.items()}
+        assert sizes == {"curvops (all parameters)": 47, "curvops (Linear only)": 39}

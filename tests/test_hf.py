@@ -1,4 +1,4 @@
-"""A tiny Hugging Face causal LM with dict batches (optional extra "hf")."""
+"""A tiny Hugging Face causal LM as it is (dict batches, ModelOutput, CausalLMLoss; extra "hf")."""
 
 import sys
 from pathlib import Path
@@ -71,7 +71,7 @@ def _padded_batches(lengths_per_batch, seq_lens, vocab=32, seed=3):
         ids = torch.randint(1, vocab, (len(lengths), S), generator=gen)
         mask = (torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]).long()
         ids = ids * mask
-        labels = torch.where(mask[:, 1:].bool(), ids[:, 1:], -100)
+        labels = torch.where(mask.bool(), ids, -100)  # CausalLMLoss shifts them
         batches.append(({"input_ids": ids, "attention_mask": mask}, labels))
     return batches
 
@@ -100,6 +100,6 @@ def test_padded_lm_batches_of_unequal_lengths(problem):
     torch.testing.assert_close(op.torch_matmat(V), one.torch_matmat(V), rtol=1e-9, atol=1e-12)
     X, y = whole[0]
     params = [p for p in model.parameters() if p.requires_grad]
-    truth = torch.autograd.grad(loss_fn(model(X), y), params)
+    truth = torch.autograd.grad(loss_fn(model(**X).logits, y), params)
     expected = torch.cat([g.reshape(-1) for g in truth])
     torch.testing.assert_close(op.gradient(), expected, rtol=1e-9, atol=1e-12)

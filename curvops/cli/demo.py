@@ -2,14 +2,16 @@
 
 For each model, one ``curvops.analyze`` call: the Hessian's top-k and bottom eigenvalues
 with their bounds, its trace and spectral density (SLQ), the per-layer top eigenvalues with
-normalised scores, and the exact GGN against KFAC and EKFAC; then the loss along the top
-eigenvector. Writes results.json, five figures, and per model a report folder (report.json
+normalised scores, the exact GGN against KFAC and EKFAC, and the loss along the top three
+eigenvectors. Writes results.json, five figures, and per model a report folder (report.json
 with provenance, report.png) and landscape_<model>.png; about a minute on 2 CPU cores.
+The figures are those of `curvops spectrum` and `compare`, one panel per model.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,11 @@ from torch import nn
 import curvops
 from curvops import plot
 from curvops.cli.digits import accuracy, load_digits_data, make_cnn, make_mlp, train
-from curvops.cli.runtime import prepare_runtime
+from curvops.cli.output import check_out, claim_out
+from curvops.cli.runtime import check_device, set_threads
+from curvops.report.analyze import DEFAULT_PARTS
+from curvops.report.figure import plot_panel
+from curvops.report.progress import Feedback
 
 
 def _say(msg: str) -> None:
@@ -28,10 +34,9 @@ def _say(msg: str) -> None:
 
 def analyse(name: str, model: nn.Module, batches, k: int, progress: bool, out: Path):
     """The curvature report of one trained model: a JSON-ready dict and the Report."""
-    loss_fn = nn.CrossEntropyLoss()
     report = curvops.analyze(
         model,
-        loss_fn,
+        nn.CrossEntropyLoss(),
         batches,
         k=k,
         bottom=3,
@@ -39,14 +44,16 @@ def analyse(name: str, model: nn.Module, batches, k: int, progress: bool, out: P
         n_probes=100,
         density_probes=8,
         lanczos_steps=60,
+        parts=[*DEFAULT_PARTS, "landscape"],
         compare=["kfac", "ekfac"],
-        progress=progress,
+        progress=Feedback(bars=progress, lines=sys.stdout, notes=sys.stderr),
     )
     _say(f"[{name}] {report.summary()}")
+    report.model = name  # figure titles name the model as the demo does
     report.save(out / f"report_{name.lower()}", vectors=False)
-    cut = curvops.landscape(model, loss_fn, batches, report)
-    cut.plot(out / f"landscape_{name.lower()}.png")
+    report.plot_landscapes(out / f"landscape_{name.lower()}.png")
     assert report.top and report.bottom and report.density and report.layers and report.comparison
+    cut = report.landscapes[0]
     results = {
         "num_params": report.num_params,
         "hessian_top": report.top.to_dict(),
@@ -62,7 +69,7 @@ def analyse(name: str, model: nn.Module, batches, k: int, progress: bool, out: P
 
 def demo(out: Path, device: str | None = None, k: int = 10, progress: bool = True) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out, "demo")
     start = time.perf_counter()
     results: dict = {"device": device}
     reports: dict[str, curvops.Report] = {}
@@ -83,31 +90,22 @@ def demo(out: Path, device: str | None = None, k: int = 10, progress: bool = Tru
 
 
 def _figures(out: Path, reports: dict[str, curvops.Report]) -> None:
-    fig, axes = plot.subplots(1)
-    plot.plot_spectrum(
-        {n: r.top for n, r in reports.items()}, ax=axes[0], title="Hessian: top eigenvalues"
-    )
-    axes[0].set(xlabel="index $i$", ylabel=r"eigenvalue $\lambda_i$")
-    plot.save(fig, out / "spectrum.png")
-    fig, axes = plot.subplots(len(reports))
-    for ax, (name, r) in zip(axes, reports.items()):
-        plot.plot_density(r.density, ax=ax, log=True, title=f"{name}: Hessian spectral density")
-        ax.set(xlabel=r"eigenvalue $\lambda$", ylabel=r"density $\rho(\lambda)$ (log)")
-    plot.save(fig, out / "density.png")
-    fig, axes = plot.subplots(len(reports))
-    for ax, (name, r) in zip(axes, reports.items()):
-        assert r.layers is not None
-        title = rf"{name}: layer scores $|\lambda_b|\,/\,\mathrm{max}_c |\lambda_c|$"
-        plot.plot_layers(
-            r.layer_labels, r.layers.scores, ax=ax, title=title, ylabel="normalised score"
-        )
-    plot.save(fig, out / "layers.png")
+    """spectrum.png, density.png, layers.png: the report panels of both models side by side
+    (the panels of `curvops spectrum`); comparison_<model>.png."""
+    for panel in ("spectrum", "density", "layers"):
+        fig, axes = plot.subplots(len(reports), size=(5.4, 4.0))
+        for ax, r in zip(axes, reports.values()):
+            plot_panel(r, panel, ax=ax)  # titled "MLP: Hessian, ..."
+        fig.tight_layout()
+        plot.save(fig, out / f"{panel}.png")
     for name, r in reports.items():
         assert r.comparison is not None
-        r.comparison.plot(out / f"comparison_{name.lower()}.png")
+        plot.plot_comparison(r.comparison, out / f"comparison_{name.lower()}.png", title=name)
 
 
 def run_demo(args) -> dict:
     """`curvops demo`: train an MLP and a CNN on digits; one curvature report per model."""
-    prepare_runtime(args.device, args.threads)
-    return demo(Path(args.out), device=args.device, k=args.k, progress=args.progress)
+    check_device(args.device)
+    out = check_out(args.out, "demo")
+    set_threads(args.threads or 1)  # both models are small (see runtime.SMALL_MODEL)
+    return demo(out, device=args.device, k=args.k, progress=args.progress)

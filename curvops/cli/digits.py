@@ -5,6 +5,7 @@ No download: ``sklearn.datasets.load_digits`` ships with scikit-learn (1,797 ima
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -98,3 +99,23 @@ def train(model: nn.Module, data: DigitsData, epochs: int = 60, lr: float = 1e-2
 def accuracy(model: nn.Module, batches) -> float:
     correct = sum(int((model(X).argmax(1) == y).sum()) for X, y in batches)
     return correct / sum(len(y) for _, y in batches)
+
+
+def demo_problem(
+    hidden: int = 16, num_train: int = 600, epochs: int = 30, images: bool = False
+) -> tuple[nn.Module, nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(model, loss_fn, training batches): an MLP (or with ``images`` the CNN) trained on
+    ``num_train`` digits, seeded; for examples and the docs. The training runs once per
+    setting; each call gets a fresh copy of the trained model (P = 1,482 by default)."""
+    model = make_cnn() if images else make_mlp(hidden)
+    model.load_state_dict(_trained(hidden, num_train, epochs, images))
+    data = load_digits_data(images=images, num_train=num_train)
+    return model, nn.CrossEntropyLoss(), data.train
+
+
+@functools.cache
+def _trained(hidden: int, num_train: int, epochs: int, images: bool) -> dict:
+    torch.manual_seed(0)
+    model = make_cnn() if images else make_mlp(hidden)
+    train(model, load_digits_data(images=images, num_train=num_train), epochs=epochs)
+    return {k: v.clone() for k, v in model.state_dict().items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,21 @@ class FactoryError(ValueError):
     """The factory file or its return value is not usable; the message says why."""
 
 
+@contextmanager
+def importable(folder: Path) -> Iterator[None]:
+    """The factory file's folder first on sys.path: the file may import its neighbours."""
+    entry = str(folder.resolve())
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
 def load_factory(spec: str):
-    """``"path/to/file.py:make"`` -> the function ``make`` defined in that file."""
+    """``"path/to/file.py:make"`` -> the function ``make`` defined in that file (imported
+    with the file's folder on sys.path)."""
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
         raise FactoryError(f"expected FILE.py:FACTORY, got {spec!r}")
@@ -33,7 +48,8 @@ def load_factory(spec: str):
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
     try:
-        loader_spec.loader.exec_module(module)
+        with importable(file.parent):
+            loader_spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[module_name]
         raise FactoryError(f"importing {file} failed: {type(err).__name__}: {err}") from err
@@ -71,7 +87,8 @@ def load_problem(spec: str) -> Problem:
     optimizer as a fourth item, or a dict with keys model, loss_fn, data (and optimizer)."""
     factory = load_factory(spec)
     try:
-        result = factory()
+        with importable(Path(spec.rpartition(":")[0]).parent):
+            result = factory()
     except Exception as err:
         raise FactoryError(f"{spec} raised {type(err).__name__}: {err}") from err
     problem = Problem(*_unpack(spec, result))

@@ -1,130 +1,124 @@
-"""The jobs behind the ``curvops`` command: each writes results.json and figures to --out."""
+"""`curvops spectrum` and `curvops compare`: thin front-ends over ``curvops.analyze``.
+
+Each runs one ``analyze`` call with the parts its options ask for, saves the ``Report``
+(report.json, report.png, landscape.png) and writes results.json and its figures as before.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
+import sys
+from typing import Any
 
 import curvops
-from curvops.cli.factory import call_factory
-from curvops.cli.runtime import prepare_runtime
-from curvops.compare import block_names, compare
-from curvops.core.options import CurvatureKind, choices
-from curvops.plot import layer_labels
-
-CURVATURE_KINDS = choices(CurvatureKind)
+from curvops.cli.prepare import Prepared, prepare
+from curvops.cli.written import write_results, written
+from curvops.plot import plot_comparison
+from curvops.report.figure import plot_panel
+from curvops.report.progress import Feedback
 
 
-def build_operator(kind: str, model, loss_fn, data, **kw):
-    """``kind`` in hessian, ggn, kfac, ekfac (also "ggn-mc", "ggn-empirical")."""
-    kinds = {
-        "hessian": lambda: curvops.HessianOperator(model, loss_fn, data, **kw),
-        "ggn": lambda: curvops.GGNOperator(model, loss_fn, data, **kw),
-        "ggn-mc": lambda: curvops.GGNOperator(model, loss_fn, data, mode="mc", **kw),
-        "ggn-empirical": lambda: curvops.GGNOperator(model, loss_fn, data, mode="empirical", **kw),
-        "kfac": lambda: curvops.KFACOperator(model, loss_fn, data, **kw),
-        "ekfac": lambda: curvops.EKFACOperator(model, loss_fn, data, **kw),
-    }
-    _check_kinds([kind])
-    return kinds[kind]()
+def feedback(args: Any) -> Feedback:
+    """Bars on stderr unless --no-progress; the start and result lines on stdout."""
+    return Feedback(bars=args.progress, lines=sys.stdout, notes=sys.stderr)
 
 
-def _check_kinds(kinds: list[str]) -> None:
-    for kind in kinds:
-        if kind not in CURVATURE_KINDS:
-            raise ValueError(
-                f"unknown curvature {kind!r}; choose from {', '.join(CURVATURE_KINDS)}"
-            )
+# ------------------------------------------------------------------------------ spectrum
+def spectrum_options(args: Any) -> dict[str, Any]:
+    """The analyze settings of `curvops spectrum`: --which picks the top and/or bottom."""
+    k, which = args.k, args.which
+    top, bottom = {"LA": (k, 0), "LM": (k, 0), "SA": (0, k), "BE": (k - k // 2, k // 2)}[which]
+    parts = ["top"] * bool(top) + ["bottom"] * bool(bottom)
+    parts += [p for p in ("trace", "density", "layers", "landscape") if getattr(args, p)]
+    return dict(
+        k=top or bottom, which="LM" if which == "LM" else "LA", bottom=bottom, parts=parts,
+        curvature=args.curvature, tol=args.tol, backend=args.backend,
+        bottom_backend=args.backend, seed=args.seed,
+    )  # fmt: skip
 
 
-def _prepare(args):
-    """Check the options first (cheap), then run the user's factory (maybe slow)."""
-    prepare_runtime(args.device, args.threads)
-    model, loss_fn, data = call_factory(args.factory)
-    if args.device:
-        model = model.to(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return model, loss_fn, data, out
+def run_spectrum(args: Any) -> dict:
+    """The eigenvalues --which asks for of one curvature (+ trace, density, layers,
+    landscape), as a Report and as results.json with its figures."""
+    job = prepare(args, "spectrum")
+    check_k(args.k, job)
+    report = curvops.analyze(
+        job.model, job.loss_fn, job.data, **spectrum_options(args), progress=feedback(args),
+        **job.operator_kwargs,
+    )  # fmt: skip
+    results = spectrum_results(report, args.which)
+    files = [*_save(report, job, args.vectors), write_results(job.out, results)]
+    for name, part in (("spectrum", "spectrum"), ("density", "density"), ("layers", "layers")):
+        if name == "spectrum" or getattr(args, part):
+            plot_panel(report, part, path=job.out / f"{name}.png")
+            files.append(job.out / f"{name}.png")
+    written(files)
+    return results
 
 
-def _write(out: Path, results: dict) -> None:
-    """results.json, strict JSON: a NaN or inf (an undefined number) is written as null."""
-    text = json.dumps(_finite(results), indent=2, allow_nan=False)
-    (out / "results.json").write_text(text)
-    print(f"wrote {out / 'results.json'}")
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
-
-def run_spectrum(args) -> dict:
-    """Top-k eigenvalues of one curvature of the user's model (+ density, per-layer)."""
-    from curvops.plot import plot_density, plot_layers, plot_spectrum
-
-    model, loss_fn, data, out = _prepare(args)
-    op = build_operator(args.curvature, model, loss_fn, data, progress=args.progress)
-    print(f"{args.curvature}: {op.shape[0]:,} parameters")
-    res = curvops.eigsh(
-        op, k=args.k, which=args.which, tol=args.tol, backend=args.backend, progress=args.progress
-    )
-    print(f"{args.which} eigenvalues ({res.n_matvecs} products, {res.seconds:.1f} s):")
-    print("  " + "  ".join(f"{v:.5g}" for v in res.eigenvalues))
-    results = {"curvature": args.curvature, "num_params": op.shape[0], "eigsh": _eig_dict(res)}
-    plot_spectrum({args.curvature: res.eigenvalues}, path=out / "spectrum.png")
-    if args.density:
-        dens = curvops.spectral_density(op)
-        results["density"] = dens.to_dict()
-        plot_density(dens, path=out / "density.png", log=True)
-    if args.layers:
-        layers = _layer_spectrum(args.curvature, op, model, loss_fn, data)
-        results["layers"] = layers.to_dict()
-        plot_layers(
-            layer_labels(model, layers.names),
-            layers.eigenvalues,
-            path=out / "layers.png",
-            title=f"{args.curvature}: top eigenvalue per block",
+def check_k(k: int, job: Prepared) -> None:
+    """--k below P, the number of parameters analysed (the operators' own message gives
+    Python advice)."""
+    params = job.operator_kwargs.get("params") or [
+        p for p in job.model.parameters() if p.requires_grad
+    ]
+    P = sum(p.numel() for p in params)
+    if not k < P:
+        raise ValueError(
+            f"--k {k} is not below P = {P:,}, the number of parameters analysed: choose a "
+            f"smaller --k"
         )
-    _write(out, results)
+
+
+def spectrum_results(report: curvops.Report, which: str) -> dict:
+    """results.json of `curvops spectrum`: the asked eigenpairs under "eigsh", the parts."""
+    results: dict[str, Any] = {
+        "curvature": report.curvature,
+        "num_params": report.num_params,
+        "eigsh": _asked(report, which),
+    }
+    for part in ("trace", "density", "layers"):
+        value = getattr(report, part)
+        if value is not None:
+            results[part] = value.to_dict()
+    if report.landscapes:
+        results["landscape"] = [cut.to_dict() for cut in report.landscapes]
     return results
 
 
-def _layer_spectrum(kind: str, op, model, loss_fn, data):
-    """Per-layer top eigenvalues: Hessian / GGN rebuilt with blocks="layer"; KFAC and EKFAC
-    are block-diagonal already (one block per weight and per bias), named by parameter."""
-    if kind in ("kfac", "ekfac"):
-        layers = curvops.block_top_eigenvalues(op, normalize=True)
-        layers.names = block_names(op)
-        return layers
-    layer_op = build_operator(kind, model, loss_fn, data, blocks="layer")
-    return curvops.block_top_eigenvalues(layer_op, normalize=True)
+def _asked(report: curvops.Report, which: str) -> dict:
+    """The eigenpairs of --which: the top, the bottom, or both ends (descending)."""
+    pairs = [r.to_dict() for r in (report.top, report.bottom) if r is not None]
+    if len(pairs) == 1:
+        return pairs[0]
+    merged = {key: pairs[0][key] + pairs[1][key] for key in ("eigenvalues", "residual_norms")}
+    merged["converged"] = pairs[0]["converged"] + pairs[1]["converged"]
+    merged["all_converged"] = pairs[0]["all_converged"] and pairs[1]["all_converged"]
+    merged["n_matvecs"] = pairs[0]["n_matvecs"] + pairs[1]["n_matvecs"]
+    merged["seconds"] = pairs[0]["seconds"] + pairs[1]["seconds"]
+    return {**pairs[0], **merged, "which": which}
 
 
-def run_compare(args) -> dict:
-    """Exact GGN (or Hessian) vs the requested Kronecker-factored approximations."""
-    kinds = [a.strip() for a in args.approx.split(",") if a.strip()]
-    if not kinds:
-        raise ValueError("--approx needs at least one of kfac, ekfac, ggn-mc, ggn-empirical")
-    _check_kinds(kinds)
-    model, loss_fn, data, out = _prepare(args)
-    exact = build_operator(args.exact, model, loss_fn, data, progress=args.progress)
-    approx = {k: build_operator(k, model, loss_fn, data) for k in kinds}
-    report = compare(exact, approx, k=args.k, exact_name=args.exact)
-    print(report.summary())
-    report.plot(out / "comparison.png")
-    results = report.to_dict()
-    _write(out, results)
+# ------------------------------------------------------------------------------ compare
+def run_compare(args: Any) -> dict:
+    """The exact GGN (or Hessian) against each approximation of --approx."""
+    job = prepare(args, "compare")
+    report = curvops.analyze(
+        job.model, job.loss_fn, job.data, k=args.k, curvature=args.exact, parts=["compare"],
+        compare=args.approx, compare_exact=args.exact, seed=args.seed,
+        progress=feedback(args), **job.operator_kwargs,
+    )  # fmt: skip
+    assert report.comparison is not None
+    print(report.comparison.summary())
+    results = report.comparison.to_dict()
+    files = [*_save(report, job, vectors=False), write_results(job.out, results)]
+    plot_comparison(report.comparison, job.out / "comparison.png", title=report.model)
+    written([*files, job.out / "comparison.png"])
     return results
 
 
-def _eig_dict(res) -> dict:
-    return res.to_dict() if hasattr(res, "to_dict") else {"eigenvalues": list(res.eigenvalues)}
-
-
-__all__ = ["build_operator", "run_compare", "run_spectrum"]
+def _save(report: curvops.Report, job: Prepared, vectors: bool) -> list:
+    report.save(job.out, vectors=vectors)
+    names = ["report.json", "report.png"]
+    names += ["landscape.png"] * bool(report.landscapes)
+    names += ["eigenvectors.npz"] * (vectors and (job.out / "eigenvectors.npz").is_file())
+    return [job.out / name for name in names]

@@ -1,4 +1,4 @@
-"""The ``curvops`` command: ``demo``, ``spectrum``, ``compare`` and ``track``."""
+"""The ``curvops`` command: ``demo``, ``spectrum``, ``compare``, ``track`` and ``diff``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from curvops.cli import options as opt
+from curvops.cli.advice import command_line_warnings, one_line
+from curvops.cli.output import default_out
 from curvops.core.options import Backend, CurvatureKind, Which, choices
+
+FACTORY_HELP = "FILE.py:FACTORY, a function in FILE.py returning (model, loss_fn, data)"
+TRACKED = ("hessian", "ggn", "ggn-mc", "ggn-empirical")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -15,87 +21,149 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="curvops", description="Curvature of PyTorch models.")
+    parser = _Parser(
+        prog="curvops",
+        description="Curvature of PyTorch models: spectra, traces, densities, layer "
+        "sharpness, KFAC quality, loss landscapes, curvature over training.",
+        formatter_class=opt.HelpFormatter,
+    )
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    demo = sub.add_parser("demo", help="train small nets on digits and analyse their curvature")
-    demo.add_argument("--out", default="demo_output", help="folder for results.json and figures")
-    _common(demo, k=10, threads=1)
-
-    spec = sub.add_parser("spectrum", help="top-k eigenvalues (and density) of your model")
-    spec.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
-    spec.add_argument("--curvature", choices=choices(CurvatureKind), default="hessian")
-    spec.add_argument("--which", choices=choices(Which), default="LA")
-    spec.add_argument("--backend", choices=choices(Backend), default="lanczos")
-    spec.add_argument("--tol", type=float, default=1e-4)
-    spec.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
-    spec.add_argument("--layers", action="store_true", help="also the per-layer top eigenvalues")
-    spec.add_argument("--out", default="curvops_output")
-    _common(spec, k=20)
-
-    cmp = sub.add_parser("compare", help="exact GGN vs Kronecker-factored approximations")
-    cmp.add_argument("factory", help="FILE.py:FACTORY returning (model, loss_fn, data)")
-    cmp.add_argument("--approx", default="kfac,ekfac", help="comma-separated: kfac, ekfac, ...")
-    cmp.add_argument("--exact", choices=("ggn", "hessian"), default="ggn")
-    cmp.add_argument("--out", default="curvops_output")
-    _common(cmp, k=10)
+    _demo(sub)
+    _spectrum(sub)
+    _compare(sub)
     _track(sub)
+    _diff(sub)
     return parser
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=opt.HelpFormatter)
+
+
+def _demo(sub) -> None:
+    demo = _command(sub, "demo", "train small nets on digits and analyse their curvature")
+    demo.add_argument("--out", default="demo_output", help="folder for the results and figures")
+    _common(demo, k=10, k_help="number of top eigenvalues per model")
+
+
+def _spectrum(sub) -> None:
+    spec = _command(sub, "spectrum", "extreme eigenvalues (and more) of your model's curvature")
+    spec.add_argument("factory", help=FACTORY_HELP)
+    spec.add_argument(
+        "--curvature", type=str.lower, choices=choices(CurvatureKind), default="hessian",
+        help="the curvature matrix",
+    )  # fmt: skip
+    spec.add_argument(
+        "--which", type=str.upper, choices=choices(Which), default="LA",
+        help="LA: the k largest eigenvalues; SA: the k smallest; LM: the k largest |λ|; "
+        "BE: both ends (k//2 smallest, the rest largest)",
+    )  # fmt: skip
+    _solver(spec)
+    spec.add_argument("--trace", action="store_true", help="also the trace (Hutch++)")
+    spec.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
+    spec.add_argument("--layers", action="store_true", help="also the top eigenvalue per layer")
+    spec.add_argument(
+        "--landscape", action="store_true",
+        help="also the loss along the top 3 eigenvectors with its quadratic model",
+    )  # fmt: skip
+    spec.add_argument(
+        "--vectors", action="store_true", help="also write eigenvectors.npz (P x k numbers)"
+    )
+    _factory_options(spec, "spectrum", k=20, k_help="number of eigenvalues")
+
+
+def _compare(sub) -> None:
+    cmp = _command(sub, "compare", "exact GGN (or Hessian) vs Kronecker-factored approximations")
+    cmp.add_argument("factory", help=FACTORY_HELP)
+    cmp.add_argument(
+        "--approx", type=opt.approximations, default="kfac,ekfac",
+        help=f"comma-separated approximations, of {', '.join(opt.APPROXIMATIONS)}",
+    )  # fmt: skip
+    cmp.add_argument(
+        "--exact", type=str.lower, choices=("ggn", "hessian"), default="ggn",
+        help="the exact curvature they are compared with",
+    )  # fmt: skip
+    _factory_options(cmp, "compare", k=10, k_help="number of top eigenpairs compared")
+
+
 def _track(sub) -> None:
-    trk = sub.add_parser("track", help="train with the factory's optimizer, tracking the curvature")
+    trk = _command(sub, "track", "train with the factory's optimizer, tracking the curvature")
     trk.add_argument(
         "factory", help="FILE.py:FACTORY returning (model, loss_fn, data[, optimizer])"
     )
-    trk.add_argument("--steps", type=_positive_int, default=100, help="optimizer steps")
-    trk.add_argument("--every", type=_positive_int, default=10, help="measure every M steps")
-    lr_help = "SGD's learning rate, for a factory without an optimizer"
-    trk.add_argument("--lr", type=_positive_float, default=None, help=lr_help)
-    kinds = ("hessian", "ggn", "ggn-mc", "ggn-empirical")
-    trk.add_argument("--curvature", choices=kinds, default="hessian")
-    trk.add_argument("--which", choices=choices(Which), default="LA")
-    trk.add_argument("--tol", type=float, default=1e-4)
-    trk.add_argument("--trace", choices=("hutchinson", "hutch++"), default=None)
+    trk.add_argument("--steps", type=opt.positive_int, default=100, help="optimizer steps")
+    trk.add_argument("--every", type=opt.positive_int, default=10, help="measure every M steps")
+    trk.add_argument(
+        "--lr", type=opt.positive_float, default=None,
+        help="SGD's learning rate, for a factory without an optimizer (default: the "
+        "factory's optimizer)",
+    )  # fmt: skip
+    trk.add_argument(
+        "--curvature", type=str.lower, choices=TRACKED, default="hessian", help="the curvature"
+    )
+    trk.add_argument(
+        "--which", type=str.upper, choices=choices(Which), default="LA",
+        help="LA / SA: largest / smallest; LM: largest |λ|; BE: both ends",
+    )  # fmt: skip
+    trk.add_argument("--tol", type=opt.tolerance, default=1e-4, help="eigsh's relative tolerance")
+    trk.add_argument(
+        "--trace", type=str.lower, choices=("hutchinson", "hutch++"), default=None,
+        help="also the trace by this estimator (default: no trace)",
+    )  # fmt: skip
     trk.add_argument("--layers", action="store_true", help="also the per-layer scores")
-    trk.add_argument("--out", default="curvops_output")
-    _common(trk, k=5)
+    _factory_options(trk, "track", k=5, k_help="number of eigenvalues per measurement")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+def _diff(sub) -> None:
+    diff = _command(sub, "diff", "two saved reports side by side (e.g. two checkpoints)")
+    diff.add_argument("a", help="a folder with report.json (from spectrum, compare, save())")
+    diff.add_argument("b", help="the folder to compare it with")
+    diff.add_argument(
+        "--labels", nargs=2, metavar=("A", "B"), default=None,
+        help="column names (default: the folders' names)",
+    )  # fmt: skip
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _common(p: argparse.ArgumentParser, k: int, threads: int | None = None) -> None:
+def _solver(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--k", type=_positive_int, default=k, help=f"number of eigenvalues (default {k})"
-    )
+        "--backend", type=str.lower, choices=choices(Backend), default="lanczos",
+        help="eigsh's solver",
+    )  # fmt: skip
     p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=threads,
-        help="torch CPU threads (default: "
-        + (f"{threads}, fastest for small models on a busy machine)" if threads else "torch's)"),
-    )
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the model's")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+        "--tol", type=opt.tolerance, default=1e-4,
+        help="relative tolerance: ‖Av − λv‖ <= tol · ‖A‖",
+    )  # fmt: skip
+
+
+def _factory_options(p: argparse.ArgumentParser, command: str, k: int, k_help: str) -> None:
+    """The options of every command on a factory: --k, --params, --seed, --out, ...."""
+    p.add_argument(
+        "--params", type=opt.regex, default=None, metavar="REGEX",
+        help="analyse only the parameters whose name matches this regular expression, "
+        "e.g. 'layer\\.3\\.' (default: all trainable parameters)",
+    )  # fmt: skip
+    if command != "track":
+        p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--out", default=default_out(command), help="folder for the results")
+    _common(p, k, k_help)
+
+
+def _common(p: argparse.ArgumentParser, k: int, k_help: str = "number of eigenvalues") -> None:
+    p.add_argument("--k", type=opt.positive_int, default=k, help=k_help)
+    p.add_argument(
+        "--threads", type=opt.positive_int, default=None,
+        help="torch's CPU threads (default: 1 for a model below 100,000 parameters, else "
+        "torch's default; see benchmarks/RESULTS.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", type=str.lower, choices=("cpu", "cuda"), default=None,
+        help="run on this device (default: where the factory's model is)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false",
+        help="no progress bars (default: a bar per step on stderr)",
+    )  # fmt: skip
     p.add_argument(  # also accepted after the command; SUPPRESS keeps the top-level value
         "--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
@@ -103,17 +171,33 @@ def _common(p: argparse.ArgumentParser, k: int, threads: int | None = None) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prog = f"curvops {args.command}"
+    conflict = _conflict(args)
+    if conflict:  # a usage error like argparse's own: one line, exit code 2
+        print(f"{prog}: error: {conflict} (see {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        _job(args.command)(args)
+        with command_line_warnings(prog):
+            _job(args.command)(args)
     except KeyboardInterrupt:
         print("curvops: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # a user's mistake gets one line; --traceback shows the rest
         if args.traceback:
             raise
-        print(f"curvops {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _conflict(args: argparse.Namespace) -> str | None:
+    """Options that do not go together (checked with the others, before any work)."""
+    if args.command == "spectrum" and args.landscape and args.which == "SA":
+        return (
+            "--landscape slices the loss along the top eigenvectors: use it with --which "
+            "LA, LM or BE"
+        )
+    return None
 
 
 def _job(command: str) -> Callable[[argparse.Namespace], dict]:
@@ -126,17 +210,13 @@ def _job(command: str) -> Callable[[argparse.Namespace], dict]:
         from curvops.cli.track import run_track
 
         return run_track
+    if command == "diff":
+        from curvops.cli.diff import run_diff
+
+        return run_diff
     from curvops.cli import jobs
 
     return getattr(jobs, f"run_{command}")
-
-
-def _one_line(err: Exception) -> str:
-    """The error as one line; unexpected kinds are named and point to --traceback."""
-    text = " ".join(str(err).split()) or "(no message)"
-    if isinstance(err, ValueError):  # curvops' own checks: the message says it all
-        return text
-    return f"{type(err).__name__}: {text} (run with --traceback for details)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import torch
 
-from curvops.cli.factory import load_problem
-from curvops.cli.runtime import prepare_runtime
+from curvops.cli.prepare import prepare
+from curvops.core.outputs import call_model, logits_of
 from curvops.track import CurvatureTracker
 
 
@@ -20,29 +19,27 @@ def run_track(args) -> dict:
             f"--every {args.every} is larger than --steps {args.steps}: no measurement "
             "would fall inside the run"
         )
-    prepare_runtime(args.device, args.threads)
-    problem = load_problem(args.factory)
-    model = problem.model.to(args.device) if args.device else problem.model
-    optimizer = _optimizer(problem, model, args.lr, args.factory)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    job = prepare(args, "track")
+    model, out = job.model, job.out
+    optimizer = _optimizer(job.optimizer, model, args.lr, args.factory)
     tracker = CurvatureTracker(
-        model, problem.loss_fn, problem.data, args.every, args.k,
+        model, job.loss_fn, job.data, args.every, args.k,
         curvature=args.curvature, which=args.which, tol=args.tol, trace=args.trace,
         layers=args.layers, optimizer=optimizer, log=out / "records.jsonl",
+        **job.operator_kwargs,
     )  # fmt: skip
     _print(tracker.measure())
-    _train(model, problem.loss_fn, problem.data, optimizer, tracker, args.steps)
+    _train(model, job.loss_fn, job.data, optimizer, tracker, args.steps)
     tracker.plot(out / "tracking.png")
     print(f"wrote {out / 'records.jsonl'} ({len(tracker.records)} records), {out / 'tracking.png'}")
     return {"records": [r.to_dict() for r in tracker.records]}
 
 
-def _optimizer(problem, model, lr: float | None, spec: str):
-    if problem.optimizer is not None:
+def _optimizer(optimizer, model, lr: float | None, spec: str):
+    if optimizer is not None:
         if lr is not None:
             raise ValueError(f"{spec} returns an optimizer; --lr is for factories without one")
-        return problem.optimizer
+        return optimizer
     if lr is None:
         raise ValueError(
             f"{spec} returns no optimizer: pass --lr to train with SGD, or return "
@@ -57,7 +54,8 @@ def _train(model, loss_fn, data, optimizer, tracker: CurvatureTracker, steps: in
     batches = itertools.cycle(data) if isinstance(data, (list, tuple)) else _epochs(data)
     for X, y in itertools.islice(batches, steps):
         optimizer.zero_grad()
-        loss_fn(model(_to(X, device)), _to(y, device)).backward()
+        output = logits_of(call_model(model, _to(X, device)))  # as the operators call it
+        loss_fn(output, _to(y, device)).backward()
         optimizer.step()
         record = tracker.step()
         if record is not None:

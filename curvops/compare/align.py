@@ -95,6 +95,11 @@ def block_names(op: Any) -> list[str]:
     return names
 
 
+def blocks_in_exact_order(op: Any, exact: Any) -> list[Block]:
+    """``op``'s own blocks as index sets of the exact operator's flat order."""
+    return _blocks_of(op, exact)
+
+
 def _blocks_of(source: Any, exact: Any) -> list[Block]:
     """``source``'s blocks as parameter groups, indexed in the exact operator's flat order."""
     names, layout, where = block_names(source), getattr(source, "layout", None), _positions(exact)

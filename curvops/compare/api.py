@@ -13,6 +13,8 @@ from curvops.compare.routes import Job, dense_route, probe_route
 from curvops.compare.structures import block_structures, structure_errors
 from curvops.interface import TorchMatmat, torch_matmat
 
+RESTRICTED_MAX = 2**31  # P · blocks · probes up to this: per-block restricted probes by default
+
 
 def compare(
     exact,
@@ -25,6 +27,11 @@ def compare(
     dense_max: int = 3000,
     backend: str = "lanczos",
     exact_name: str | None = None,
+    tol: float = 1e-4,
+    ncv: int | None = None,
+    block_probes: int | None = None,
+    solve_tol: float = 1e-4,
+    solve_maxiter: int = 100,
 ) -> Comparison:
     """Compare ``exact`` with one or several approximations (an operator, list or dict name -> op).
 
@@ -38,6 +45,20 @@ def compare(
     gradient when ``exact`` has ``gradient()``.
     ``damping``: λ for (A + λI)⁻¹ (default: 1e-3 · λ_max(A)). ``dense_max``: largest P for
     the exact, dense route (``Comparison.method`` says which route was taken).
+
+    Above ``dense_max`` (the probe route, ``curvops.compare.probes``) nothing is O(P²):
+    ``n_probes`` seeded ±1 probes pass through every operator in chunks (the Frobenius
+    errors, traces and per-block errors all come from these products; per block "direct"
+    when the operators keep to the blocks, else an unbiased estimate from pairs of probes,
+    both with standard errors; ``block_probes`` > 0 adds that many probes per block,
+    restricted to it: blocks × probes more products, exact where A_bb = B_bb; None: n_probes
+    of them while P · blocks · n_probes <= ``RESTRICTED_MAX`` = 2³¹, else none), the spectra
+    from ``eigsh`` (``tol``, ``ncv``), the natural gradient of the exact operator by CG
+    preconditioned with a KFAC / EKFAC approximation's closed-form inverse, at most
+    ``solve_maxiter`` products to a relative residual ``solve_tol`` (reported).
+    ``Comparison.cost`` states the products per operator and a memory estimate
+    (``curvops.compare.cost``); the exact operator makes about ``n_probes`` + those of
+    ``eigsh(k)`` + ``solve_maxiter`` products at most.
     """
     start = time.perf_counter()
     ops = _named(approx)
@@ -51,12 +72,17 @@ def compare(
             )
     if not 0 < k < A.size:
         raise ValueError(f"k must be in [1, P) with P={A.size}, got {k}")
+    blocks = find_blocks(exact, list(ops.values()))
+    if block_probes is None:
+        small = A.size * len(blocks) * n_probes <= RESTRICTED_MAX
+        block_probes = n_probes if small else 0
     job = Job(
         exact=exact, A=A,
         approx={name: op for name, (op, _) in aligned.items()},
         matched_by={name: how for name, (_, how) in aligned.items()},
-        k=k, blocks=find_blocks(exact, list(ops.values())), g=_gradient(exact, gradient, A),
-        damping=damping, n_probes=n_probes, seed=seed, backend=backend,
+        k=k, blocks=blocks, g=_gradient(exact, gradient, A),
+        damping=damping, n_probes=n_probes, seed=seed, backend=backend, tol=tol, ncv=ncv,
+        block_probes=block_probes, solve_tol=solve_tol, solve_maxiter=solve_maxiter,
     )  # fmt: skip
     dense = A.size <= dense_max
     exact_part, reports = (dense_route if dense else probe_route)(job)
@@ -72,6 +98,7 @@ def compare(
         method="dense" if dense else "hutchinson",
         k=k,
         seconds=time.perf_counter() - start,
+        cost=job.cost,
     )
 
 

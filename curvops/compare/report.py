@@ -15,7 +15,8 @@ class ApproxReport:
     """One approximation B against the exact A.
 
     ``block_errors``: per block ‖A_bb − B_bb‖_F / ‖A_bb‖_F, NaN (JSON null) where the exact
-    block is zero and the relative error is undefined; ``block_abs_errors``: ‖A_bb − B_bb‖_F.
+    block is zero and the relative error is undefined; ``block_abs_errors``: ‖A_bb − B_bb‖_F;
+    ``block_stderrs``: the standard errors of ``block_errors`` (probe route; 0 when dense).
     ``block_structures``: per block, the structure B gives it (KFAC / EKFAC: "kronecker",
     "kronecker-diagonal-A", "exact", "diagonal"; empty for other operators);
     ``structure_errors``: per structure, √(Σ_b ‖A_bb − B_bb‖²) / √(Σ_b ‖A_bb‖²) over its
@@ -33,6 +34,7 @@ class ApproxReport:
     cosines: np.ndarray  # (k,) cosines of the principal angles between top-k eigenspaces
     block_errors: dict[str, float] = field(default_factory=dict)
     block_abs_errors: dict[str, float] = field(default_factory=dict)
+    block_stderrs: dict[str, float] = field(default_factory=dict)  # of block_errors; 0: dense
     block_structures: dict[str, str] = field(default_factory=dict)
     structure_errors: dict[str, float] = field(default_factory=dict)
     natural_gradient_cosine: float | None = None  # cos((A+λI)⁻¹g, (B+λI)⁻¹g)
@@ -59,6 +61,9 @@ class Comparison:
 
     ``exact_block_norms``: ‖A_bb‖_F per block; ``zero_blocks``: the blocks whose exact
     curvature is zero (‖A_bb‖_F at round-off level of ‖A‖_F), relative errors undefined there.
+    ``cost``: what the comparison took (``curvops.compare.cost``): "products" per operator
+    (columns multiplied; "exact" for the exact one), "memory_estimate_mib", and for the
+    probe route the probes, columns per product, per-block estimators and the solve.
     """
 
     exact_name: str
@@ -72,6 +77,7 @@ class Comparison:
     seconds: float
     exact_block_norms: dict[str, float] = field(default_factory=dict)
     zero_blocks: list[str] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> ApproxReport:
         for report in self.approximations:
@@ -96,8 +102,15 @@ class Comparison:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         return "\n".join([*lines, *self._zero_block_note()]) + (
-            f"\n({self.method}, {self.seconds:.1f} s)"
+            f"\n({self.method}, {self.seconds:.1f} s{self._cost_note()})"
         )
+
+    def _cost_note(self) -> str:
+        products = self.cost.get("products")
+        if not products:
+            return ""
+        counts = ", ".join(f"{name} {n}" for name, n in products.items())
+        return f"; products: {counts}; ~{self.cost.get('memory_estimate_mib', 0):.0f} MiB"
 
     def _rows(self) -> list[tuple[str, ...]]:
         approx = self.approximations
@@ -113,8 +126,9 @@ class Comparison:
             rows.append(("nat.-grad. cosine", "1", *[f"{c:.3f}" for c in cosines]))
         structures = sorted({s for a in approx for s in a.structure_errors})
         for s in structures:
-            errors = [a.structure_errors.get(s) for a in approx]
-            cells = ["" if e is None else f"{e:.4g}" for e in errors]
+            cells = [
+                f"{a.structure_errors[s]:.4g}" if s in a.structure_errors else "" for a in approx
+            ]
             rows.append((f"rel. error, {s} blocks", "0", *cells))
         for i in range(min(self.k, 5)):
             values = [f"{a.eigenvalues[i]:.4g}" for a in approx]

@@ -8,16 +8,28 @@ index arrays into that order. A block whose exact curvature is at round-off leve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from curvops.compare.align import Block
+from curvops.compare.align import Block, blocks_in_exact_order
+from curvops.compare.cost import cost_record, dense_bytes, probe_bytes
+from curvops.compare.probes import (
+    Probes,
+    Sums,
+    accumulate,
+    apply,
+    chunk_columns,
+    jackknife_ratio,
+    mean_se,
+    ratio_sqrt,
+)
 from curvops.compare.report import ApproxReport
+from curvops.compare.solve import approx_solve, exact_solve
 from curvops.interface import TorchMatmat, torch_matmat
-from curvops.operators.inverse import damped_inverse
+from curvops.linalg.eigsh import eigsh
 
 ZERO_RTOL = 100.0  # in machine epsilons of the exact operator's dtype
 
@@ -37,6 +49,14 @@ class Job:
     n_probes: int
     seed: int
     backend: str
+    tol: float = 1e-4  # eigsh's, probe route
+    ncv: int | None = None  # eigsh's Krylov basis, probe route
+    block_probes: int = 0  # restricted probes per block (0: none)
+    solve_tol: float = 1e-4  # natural gradient, probe route
+    solve_maxiter: int = 100
+    cost: dict = field(default_factory=dict)  # filled by the route
+    mms: dict = field(default_factory=dict)  # name -> the counting products
+    start: dict = field(default_factory=dict)  # name -> n_matvecs before the route
 
     def zero_level(self, norm_A: float) -> float:
         """‖A_bb‖_F at or below this is a zero exact block."""
@@ -46,6 +66,8 @@ class Job:
 # ------------------------------------------------------------------------------ dense route
 def dense_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     """Exact numbers from the dense (P, P) matrices."""
+    job.mms = {"exact": job.A}
+    job.start = {"exact": job.A.n_matvecs}
     DA = _dense(job.A)
     valsA, vecsA = _top_k(DA, job.k)
     lam = job.damping if job.damping is not None else 1e-3 * float(valsA[0])
@@ -55,7 +77,9 @@ def dense_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     zero = [n <= job.zero_level(float(DA.norm())) for n in norms]
     reports = []
     for name, op in job.approx.items():
-        DB = _dense(torch_matmat(op)).to(DA.device)
+        job.mms[name] = torch_matmat(op)
+        job.start[name] = job.mms[name].n_matvecs
+        DB = _dense(job.mms[name]).to(DA.device)
         valsB, vecsB = _top_k(DB, job.k)
         diffs = [float((DA[i[:, None], i] - DB[i[:, None], i]).norm()) for i in idx]
         natB = _solve(DB, job.g, lam) if job.g is not None else None
@@ -79,6 +103,7 @@ def dense_route(job: Job) -> tuple[dict, list[ApproxReport]]:
         exact_eigenvalues=valsA.cpu().numpy(),
         damping=lam if job.g is not None else None,
     )
+    job.cost = cost_record(job.mms, job.start, dense_bytes(job.A.size, len(job.approx)))
     return {**exact_part, **_exact_block_fields(job.blocks, norms, zero)}, reports
 
 
@@ -100,31 +125,47 @@ def _solve(D: torch.Tensor, g: torch.Tensor, lam: float) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ probe route
 def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
-    """Hutchinson estimates (seeded Rademacher probes) and ``eigsh`` spectra."""
-    from curvops.linalg.eigsh import eigsh
-
-    A = job.A
-    Z = _rademacher(A.size, job.n_probes, job.seed).to(A.device, A.dtype)
-    AZ = A(Z)
-    eigA = eigsh(job.exact, k=job.k, which="LA", backend=job.backend, seed=job.seed)
-    trA, seA = _mean_se((Z * AZ).sum(0))
+    """Hutchinson estimates from seeded ±1 probes in chunks, ``eigsh`` spectra, capped solves
+    (``curvops.compare.probes``, ``curvops.compare.solve``); memory O(P), no dense matrix."""
+    mms = {"exact": job.A, **{name: torch_matmat(op) for name, op in job.approx.items()}}
+    start = {name: mm.n_matvecs for name, mm in mms.items()}
+    how = {name: _estimator(job, op) for name, op in job.approx.items()}
+    exact_how = _estimator(job, None)
+    sums = _probe_sums(job, mms, how, exact_how)
+    A_sums, diffs_sums, traces = sums
+    eigA = eigsh(job.A, k=job.k, which="LA", tol=job.tol, backend=job.backend, seed=job.seed,
+                 ncv=job.ncv)  # fmt: skip
+    UA = torch.as_tensor(eigA.eigenvectors, dtype=torch.float32)
     lam = job.damping if job.damping is not None else 1e-3 * float(eigA.eigenvalues[0])
-    natA = _inverse_times(job.exact, lam, job.g) if job.g is not None else None
-    UA = torch.as_tensor(eigA.eigenvectors, dtype=torch.float64)
-    probes = _block_probes(A, job.blocks, Z)
-    norm_A = math.sqrt(float((AZ.double() ** 2).sum(0).mean()))
-    norms = [float(AZb.double().norm()) / math.sqrt(job.n_probes) for _, _, AZb in probes]
+    natA, solve = (None, None)
+    if job.g is not None:
+        natA, solve = exact_solve(
+            job.exact, job.A, job.g, lam, job.approx, job.solve_tol, job.solve_maxiter
+        )
+    trA, seA = mean_se(A_sums.quad)
+    norm_A = math.sqrt(float(A_sums.sq.mean()))
+    exact_blocks = [A_sums.block(b, exact_how) for b in range(len(job.blocks))]
+    norms = [math.sqrt(max(t, 0.0)) for t, _ in exact_blocks]
     zero = [n <= job.zero_level(norm_A) for n in norms]
     reports = []
     for name, op in job.approx.items():
-        B = torch_matmat(op)
-        BZ = B(Z.to(B.device, B.dtype)).to(AZ)
-        err, err_se = _ratio_sqrt(((AZ - BZ) ** 2).sum(0), (AZ**2).sum(0))
-        trB, seB = _trace_of(op, Z, BZ)
-        eigB = eigsh(op, k=job.k, which="LA", backend=job.backend, seed=job.seed)
-        UB = torch.as_tensor(eigB.eigenvectors, dtype=torch.float64)
-        natB = _inverse_times(op, lam, job.g) if job.g is not None else None
-        diffs = _probe_block_diffs(B, probes, job.n_probes)
+        D = diffs_sums[name]
+        err, err_se = ratio_sqrt(D.sq, A_sums.sq)
+        trB, seB = _trace_of(op, traces[name])
+        eigB = eigsh(mms[name], k=job.k, which="LA", tol=job.tol, backend=job.backend,
+                     seed=job.seed, ncv=job.ncv)  # fmt: skip
+        UB = torch.as_tensor(eigB.eigenvectors, dtype=torch.float32)
+        cosines = torch.linalg.svdvals((UA.T @ UB).double()).numpy()
+        del UB, eigB.eigenvectors
+        natB = None
+        if job.g is not None:
+            natB = approx_solve(op, lam, job.g, job.solve_tol, job.solve_maxiter)
+        blocks = [D.block(b, how[name]) for b in range(len(job.blocks))]
+        abs_err = [math.sqrt(max(t, 0.0)) for t, _ in blocks]
+        stderrs = {
+            blk.name: jackknife_ratio(d, a)[1]
+            for blk, d, a in zip(job.blocks, blocks, exact_blocks)
+        }
         reports.append(
             ApproxReport(
                 name=name,
@@ -133,8 +174,9 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
                 trace=trB,
                 trace_stderr=seB,
                 eigenvalues=np.asarray(eigB.eigenvalues),
-                cosines=torch.linalg.svdvals(UA.T @ UB).numpy(),
-                **_block_fields(job.blocks, diffs, norms, zero),
+                cosines=cosines,
+                **_block_fields(job.blocks, abs_err, norms, zero),
+                block_stderrs=stderrs,
                 natural_gradient_cosine=_cosine(natA, natB),
                 matched_by=job.matched_by[name],
             )
@@ -145,58 +187,96 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
         exact_eigenvalues=np.asarray(eigA.eigenvalues),
         damping=lam if job.g is not None else None,
     )
+    c = chunk_columns(job.A.size, job.n_probes)
+    memory = probe_bytes(
+        job.A.size, job.A.dtype.itemsize, len(job.approx), job.k, job.ncv or max(2 * job.k + 1, 20),
+        c, job.n_probes,
+    )  # fmt: skip
+    job.cost = cost_record(
+        mms, start, memory, probes=job.n_probes, chunk_columns=c, solve=solve,
+        block_estimator={"exact": exact_how, **how},
+    )  # fmt: skip
     return {**exact_part, **_exact_block_fields(job.blocks, norms, zero)}, reports
 
 
-def _block_probes(A: TorchMatmat, blocks: list[Block], Z: torch.Tensor):
-    """Per block b: its indices, Z_b (Z zero outside b) and (A Z_b) restricted to b."""
-    out = []
-    for b in blocks:
-        idx = b.index.to(Z.device)
-        Zb = torch.zeros_like(Z)
-        Zb[idx] = Z[idx]
-        out.append((idx, Zb, A(Zb)[idx]))
-    return out
+def _estimator(job: Job, op) -> str:
+    """How ‖M_bb‖_F is estimated for M = A (op None) or A − op (``curvops.compare.probes``):
+    "direct" when every operator involved keeps to the blocks (declared
+    ``is_block_diagonal`` over blocks that refine them), else "restricted" when
+    ``job.block_probes`` > 0, else "pairs"."""
+    ops = [job.exact] if op is None else [job.exact, op]
+    if all(_keeps_blocks(o, job) for o in ops):
+        return "direct"
+    return "restricted" if job.block_probes else "pairs"
 
 
-def _probe_block_diffs(B: TorchMatmat, probes, n_probes: int) -> list[float]:
-    """‖(A − B) Z_b‖ restricted to b over √n: estimates ‖A_bb − B_bb‖_F (E‖M z‖² = ‖M‖²_F)."""
-    out = []
-    for idx, Zb, AZb in probes:
-        BZb = B(Zb.to(B.device, B.dtype)).to(Zb)[idx]
-        out.append(float((AZb - BZb).double().norm()) / math.sqrt(n_probes))
-    return out
+def _keeps_blocks(op, job: Job) -> bool:
+    """Whether op's products never couple two compared blocks."""
+    if not getattr(op, "is_block_diagonal", False) or getattr(op, "block_slices", None) is None:
+        return False
+    label = torch.full((job.A.size,), -1, dtype=torch.int64)
+    for i, b in enumerate(job.blocks):
+        label[b.index] = i
+    try:
+        own = blocks_in_exact_order(op, job.exact)
+    except (KeyError, AttributeError):
+        return False
+    return all(len(torch.unique(label[b.index])) == 1 for b in own)
 
 
-def _trace_of(op, Z, BZ) -> tuple[float, float]:
+def _probe_sums(job: Job, mms: dict, how: dict, exact_how: str):
+    """Probe statistics of A and of each A − B, and each B's zᵀBz; chunked products."""
+    P, n = job.A.size, job.n_probes
+    Z = Probes(P, n, job.seed, job.A.device)
+    index = [b.index.to(job.A.device) for b in job.blocks]
+    A_sums = Sums(n, len(index), exact_how == "pairs")
+    diffs = {name: Sums(n, len(index), h == "pairs") for name, h in how.items()}
+    traces = {name: torch.zeros(n, dtype=torch.float64) for name in job.approx}
+    c = chunk_columns(P, n)
+    for lo in range(0, n, c):
+        Zc = Z.columns(lo, min(n, lo + c), job.A.dtype)
+        AZ = apply(job.A, Zc)
+        products, accs = [AZ], [A_sums]
+        for name in job.approx:
+            BZ = apply(mms[name], Zc)
+            traces[name][lo : lo + Zc.shape[1]] = (Zc * BZ).double().sum(0).cpu()
+            products.append(AZ - BZ)
+            accs.append(diffs[name])
+            del BZ
+        accumulate(Z, lo, Zc, products, accs, index)
+        del products, AZ
+    if "restricted" in (exact_how, *how.values()):
+        _restricted(job, mms, index, A_sums, diffs, [exact_how, *how.values()])
+    return A_sums, diffs, traces
+
+
+def _restricted(job: Job, mms: dict, index, A_sums: Sums, diffs: dict, hows: list) -> None:
+    """Per block, ``block_probes`` probes zero outside it: ‖(M z_b)_b‖² of A and of each
+    A − B whose estimator is "restricted" (their ``block_sq`` is replaced)."""
+    n, P = job.block_probes, job.A.size
+    Z = Probes(P, n, job.seed + 1, job.A.device)
+    targets = [(None, acc) for acc, h in zip([A_sums], hows[:1]) if h == "restricted"]
+    targets += [(name, diffs[name]) for name, h in zip(diffs, hows[1:]) if h == "restricted"]
+    for _, acc in targets:
+        acc.block_sq = torch.zeros(len(index), n, dtype=torch.float64)
+    c = chunk_columns(P, n)
+    for b, idx in enumerate(index):
+        for lo in range(0, n, c):
+            Zb = torch.zeros(P, min(c, n - lo), dtype=job.A.dtype, device=job.A.device)
+            Zb[idx] = Z.rows(idx, slice(lo, lo + Zb.shape[1]), job.A.dtype)
+            AZ = apply(job.A, Zb)[idx]
+            for name, acc in targets:
+                M = AZ if name is None else AZ - apply(mms[name], Zb)[idx]
+                acc.block_sq[b, lo : lo + Zb.shape[1]] = (M.double() ** 2).sum(0).cpu()
+
+
+def _trace_of(op, samples: torch.Tensor) -> tuple[float, float]:
     if hasattr(op, "trace") and callable(op.trace):
         try:
             return float(op.trace()), 0.0
         except TypeError:  # a LinearOperator without a closed-form trace
             pass
-    return _mean_se((Z * BZ).sum(0))
-
-
-def _rademacher(n: int, k: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 2, (n, k), generator=gen, dtype=torch.float64) * 2 - 1
-
-
-def _mean_se(samples: torch.Tensor) -> tuple[float, float]:
-    s = samples.double()
-    return float(s.mean()), float(s.std() / len(s) ** 0.5) if len(s) > 1 else 0.0
-
-
-def _ratio_sqrt(num: torch.Tensor, den: torch.Tensor) -> tuple[float, float]:
-    """sqrt(mean num / mean den) and its standard error (delta method); NaN if den is 0."""
-    num, den = num.double(), den.double()
-    if float(den.mean()) == 0:
-        return math.nan, 0.0
-    n, R = len(num), float(num.mean() / den.mean())
-    resid = num - R * den
-    se_R = float(resid.std() / (den.mean() * n**0.5)) if n > 1 else 0.0
-    root = R**0.5
-    return root, se_R / (2 * root) if root > 0 else 0.0
+    return mean_se(samples)
 
 
 # ------------------------------------------------------------------------------ shared
@@ -215,15 +295,6 @@ def _exact_block_fields(blocks: list[Block], norms, zero) -> dict:
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
-
-
-def _inverse_times(op, lam: float, g: torch.Tensor) -> torch.Tensor:
-    """(op + λI)⁻¹ g (P,) in float64 on the host."""
-    inverse_op = damped_inverse(op, lam)
-    if hasattr(inverse_op, "torch_matmat"):
-        dtype = torch.float32 if np.dtype(inverse_op.dtype) == np.float32 else torch.float64
-        return inverse_op.torch_matmat(g.to(inverse_op.device, dtype)).double().cpu()
-    return torch.as_tensor(inverse_op @ g.cpu().numpy(), dtype=torch.float64)
 
 
 def _cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:

@@ -45,8 +45,9 @@ def tensor_output(f: object, who: str) -> torch.Tensor:
     """The model's output, which must be a tensor for ``who`` (GGN, KFAC: output-space math)."""
     if not isinstance(f, torch.Tensor):
         raise TypeError(
-            f"the model returned a {type(f).__name__}; {who} needs a tensor output: wrap the "
-            "model so that forward returns the logits"
+            f"the model returned a {type(f).__name__}; {who} needs a tensor output (or one "
+            "with .logits, as a Hugging Face ModelOutput): wrap the model so that forward "
+            "returns the logits, or return a ModelOutput (return_dict=True)"
         )
     return f
 

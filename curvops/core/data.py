@@ -37,11 +37,17 @@ class DataLoop:
     """Re-iterates ``data`` (pairs ``(X, y)``), moving batches to ``device``.
 
     ``X`` may be a tensor (B = X.shape[0]) or a mapping (B = the leading size its tensors
-    share, or ``batch_size_fn(X)``); ``denominator(y, B)`` gives each batch's d_b (default B).
+    share, or ``batch_size_fn(X)``); ``targets(y)`` turns the data's y into the loss's
+    targets (default: y itself); ``denominator(y, B)`` gives each batch's d_b (default B).
     Floating-point tensors are cast to ``dtype``, so a float32 data set feeds a float64 model.
     Once ``count()`` has run, every pass must yield the same points, in any order: as many
     (a one-shot iterable, empty on its second pass, raises instead of silently giving a
     wrong N) and with the same checksum (augmentation or another subset raises).
+    ``keep_bytes`` > 0: the first pass checked against the counting one is kept on the
+    device, when its tensors take at most that many bytes and the data are not a list or
+    tuple of batches already on the device (a DataLoader: new tensors every pass); later
+    passes replay it, without reading ``data`` again, so the batches are the same tensor
+    objects every pass (see ``curvops.operators.exact.graph_cache``).
     """
 
     def __init__(
@@ -53,6 +59,8 @@ class DataLoop:
         progress: bool = False,
         allow_empty: bool = False,
         denominator: Denominator | None = None,
+        targets: Callable[[Any], Any] | None = None,
+        keep_bytes: float = 0.0,
     ) -> None:
         check_data(data)
         self.data = data
@@ -62,8 +70,13 @@ class DataLoop:
         self.progress = progress
         self.allow_empty = allow_empty  # a distributed rank may hold no data
         self.denominator = denominator or (lambda y, size: float(size))
+        self.targets = targets  # y -> the loss's targets (a causal LM's shifted labels)
         self.reference: PassChecksum | None = None  # the counting pass's checksum
         self.last: PassChecksum | None = None  # the last complete pass's
+        self.keep_bytes = keep_bytes
+        self.kept: list[Batch] | None = None  # a checked pass, replayed from then on
+        # new tensors every pass: a DataLoader, targets made from y, a cast or a move
+        self._copied = not isinstance(data, (list, tuple)) or targets is not None
 
     @property
     def expected(self) -> int | None:
@@ -72,24 +85,40 @@ class DataLoop:
 
     def __iter__(self) -> Iterator[Batch]:
         """The batches with points (d_b may be 0: every target ignored); checks the pass
-        once it is complete."""
-        batches = self.data
-        if self.progress:
-            total = len(self.data) if isinstance(self.data, Sized) else None
-            from tqdm.auto import tqdm  # imported only when asked for (notebook widgets)
-
-            batches = tqdm(self.data, total=total, desc="curvops batches", leave=False)
-        checksum, items = PassChecksum(), 0
-        for index, item in enumerate(batches):
+        once it is complete; replays the kept pass once there is one."""
+        if self.kept is not None:
+            yield from self._progress(self.kept)
+            return
+        checked = self.reference is not None and self.keep_bytes > 0
+        keep: list[Batch] | None = [] if checked else None
+        used, checksum, items = 0, PassChecksum(), 0
+        for index, item in enumerate(self._progress(self.data)):
             X, y = unpack(item, index)
-            X, y = self._move(X), self._move(y)
+            X, y = self._move(X), self._move(y if self.targets is None else self.targets(y))
             size = self.batch_size(X)
             checksum.add(X, y, size)
             items += 1
-            if size:
-                yield Batch(X, y, size, index, self.denominator(y, size))
+            if not size:
+                continue
+            batch = Batch(X, y, size, index, self.denominator(y, size))
+            used += nbytes(X) + nbytes(y)
+            keep = keep if keep is not None and used <= self.keep_bytes else None
+            if keep is not None:
+                keep.append(batch)
+            yield batch
         self._check_pass(checksum, items)
         self.last = checksum
+        if keep is not None and self._copied:
+            self.kept = keep
+
+    def _progress(self, batches: Iterable) -> Iterable:
+        """``batches``, with a tqdm bar if ``progress``."""
+        if self.progress:
+            total = len(batches) if isinstance(batches, Sized) else None
+            from tqdm.auto import tqdm  # imported only when asked for (notebook widgets)
+
+            return tqdm(batches, total=total, desc="curvops batches", leave=False)
+        return batches
 
     def _check_pass(self, checksum: PassChecksum, items: int) -> None:
         ref = self.reference
@@ -129,7 +158,7 @@ class DataLoop:
     def count(self) -> tuple[int, float]:
         """(N, D): data points and Σ_b d_b over one pass (no forward passes); every later
         pass must yield the same points (count and checksum)."""
-        self.reference = None
+        self.reference, self.kept = None, None
         total = sum(batch.denominator for batch in self)
         self.reference = self.last
         assert self.reference is not None
@@ -137,11 +166,23 @@ class DataLoop:
 
     def _move(self, obj):
         if isinstance(obj, torch.Tensor):
-            if obj.is_floating_point():
-                return obj.to(device=self.device, dtype=self.dtype, non_blocking=True)
-            return obj.to(device=self.device, non_blocking=True)
+            dtype = self.dtype if obj.is_floating_point() else obj.dtype
+            moved = obj.to(device=self.device, dtype=dtype, non_blocking=True)
+            self._copied = self._copied or moved is not obj
+            return moved
         if isinstance(obj, Mapping):
             return type(obj)({k: self._move(v) for k, v in obj.items()})  # type: ignore[call-arg]
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._move(v) for v in obj)
         return obj
+
+
+def nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (a tensor, or mappings / sequences of them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0

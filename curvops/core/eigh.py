@@ -20,17 +20,21 @@ def check_square(A: torch.Tensor) -> None:
         raise ValueError(f"expected a square matrix (n, n), got shape {tuple(A.shape)}")
 
 
-def eigh_with_fallback(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def eigh_with_fallback(
+    A: torch.Tensor, symmetrize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (n,) descending and eigenvectors Q (n, n) of a symmetric A = Q diag(λ) Qᵀ.
 
     ``torch.linalg.eigh`` in A's dtype first; if it fails (float32 on ill-conditioned
     factors) or returns non-finite values, retry in float64, then in float64 with a tiny
     diagonal shift; the result is cast back to A's dtype. Non-finite input raises.
+    ``symmetrize=False`` skips (A + Aᵀ)/2 (one copy of A less: eigh reads A's lower triangle
+    only), for an A symmetric by construction (a Gram matrix).
     """
     check_square(A)
     if not bool(torch.isfinite(A).all()):
         raise FloatingPointError("eigh_with_fallback: the matrix holds NaN or inf")
-    A = (A + A.T) / 2
+    A = (A + A.T) / 2 if symmetrize else A
     attempts = [lambda: A, lambda: A.double(), lambda: _shifted(A.double())]
     error: Exception | None = None
     for make in attempts:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from curvops.core.denominators import loss_denominator, loss_reduction
+from curvops.core.lm import loss_parts
 from curvops.core.seeds import PointSampler
 
 SUPPORTED = "nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss"
@@ -200,7 +201,7 @@ class CrossEntropy(OutputLoss):
         if tuple(y.shape) != expected:
             raise ValueError(
                 f"class-index targets have shape {tuple(y.shape)}, expected {expected} for "
-                f"outputs {tuple(f.shape)} (classes on axis 1)"
+                f"outputs {tuple(f.shape)} (classes on axis 1){_lm_hint(f, y)}"
             )
         self._check_range(y[y != self.ignore_index], f.shape[1])
 
@@ -267,7 +268,9 @@ class CrossEntropy(OutputLoss):
 
 
 def output_loss(loss_fn) -> OutputLoss:
-    """The closed form for ``loss_fn``, or a ValueError naming the supported losses."""
+    """The closed form for ``loss_fn`` (a ``TokenLoss``: its cross-entropy), or a
+    ValueError naming the supported losses."""
+    loss_fn = loss_parts(loss_fn).loss_fn
     kinds: dict[type, type[MSE] | type[CrossEntropy] | type[BCEWithLogits]] = {
         nn.MSELoss: MSE,
         nn.CrossEntropyLoss: CrossEntropy,
@@ -288,6 +291,16 @@ def target_checker(loss_fn) -> OutputLoss | None:
         return output_loss(loss_fn)
     except ValueError:
         return None
+
+
+def _lm_hint(f: torch.Tensor, y: torch.Tensor) -> str:
+    """Advice for a language model's (B, S, V) logits against (B, S) labels."""
+    if f.ndim != 3 or tuple(y.shape) != tuple(f.shape[:2]):
+        return ""
+    return (
+        ": a language model's logits (B, S, V)? Use curvops.CausalLMLoss() (the next token, "
+        "as transformers computes it) or curvops.MaskedLMLoss() as the loss"
+    )
 
 
 def _times_sqrt(t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:

@@ -13,10 +13,12 @@ ColumnMode = Literal["rule", "per_column", "batched", "auto"]
 FisherType = Literal["type2", "mc", "empirical", "forward-only"]
 Approx = Literal["expand", "reduce"]
 FallbackMode = Literal["auto", "exact", "diagonal", "error"]
-Correction = Literal["auto", "per_example", "gramian"]
+Correction = Literal["auto", "per_example", "gramian", "lean"]
 EigenbasisMethod = Literal["eigh", "qr"]
 InverseMethod = Literal["auto", "cg", "minres"]
 Which = Literal["LA", "SA", "LM", "BE"]
+TopWhich = Literal["LA", "LM"]  # analyze's top part
+ExactKind = Literal["ggn", "hessian"]  # the exact side of a comparison
 Backend = Literal["arpack", "lanczos", "lobpcg"]
 CurvatureKind = Literal["hessian", "ggn", "ggn-mc", "ggn-empirical", "kfac", "ekfac"]
 

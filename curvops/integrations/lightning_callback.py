@@ -44,14 +44,16 @@ class CurvatureLightningCallback(_Callback):
         if self.tracker.optimizer is None and optimizers:
             self.tracker.optimizer = optimizers[0]
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._adopt_optimizer(trainer)
         self._last_step = int(trainer.global_step)
         if self.measure_at_start:
             self.tracker.count = self._last_step
             self.tracker.measure()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = int(trainer.global_step)
         if step == self._last_step:  # gradient accumulation: no optimizer step yet
             return

@@ -34,14 +34,14 @@ class CurvatureTrainerCallback(TrainerCallback):
         if self.tracker.optimizer is None and kwargs.get("optimizer") is not None:
             self.tracker.optimizer = kwargs["optimizer"]
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._adopt_optimizer(kwargs)
         if self.measure_at_start:
             self.tracker.count = int(state.global_step)
             self.tracker.measure()
         return control
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._adopt_optimizer(kwargs)
         self.tracker.step(int(state.global_step))
         return control

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from curvops.landscapes.directions import resolve
+from curvops.landscapes.directions import eigen_directions, resolve
 from curvops.landscapes.loss import WholeDataLoss
 from curvops.landscapes.result import Landscape
 from curvops.operators import HessianOperator
@@ -49,8 +49,42 @@ def landscape(
         model, loss_fn, data, params=params, batch_size_fn=batch_size_fn, reduction=reduction
     )
     D, kind, names = resolve(directions, H.params, dims, seed, biases)
-    D = D.to(H.device)
     loss = WholeDataLoss(model, loss_fn, data, H.params, batch_size_fn, reduction)
+    return _slice(H, loss, D, kind, names, span, points)
+
+
+def eigen_slices(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Iterable,
+    result: Any,
+    n: int = 3,
+    *,
+    span: float | None = None,
+    points: int | None = None,
+    params: Iterable[torch.Tensor] | None = None,
+    batch_size_fn: Callable[[Any], int] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> list[Landscape]:
+    """The 1-D ``landscape`` along each of the first ``n`` top eigenvectors v_1 .. v_n of
+    ``result`` (a ``Report`` or ``EigenResult``), sharing one Hessian for the quadratic
+    models; ``progress()`` is called after each slice."""
+    H = HessianOperator(model, loss_fn, data, params=params, batch_size_fn=batch_size_fn)
+    D, _ = eigen_directions(result, n)
+    loss = WholeDataLoss(model, loss_fn, data, H.params, batch_size_fn)
+    slices = []
+    for i in range(n):
+        slices.append(
+            _slice(H, loss, D[:, i : i + 1], "eigenvector", [f"$v_{i + 1}$"], span, points)
+        )
+        if progress is not None:
+            progress()
+    return slices
+
+
+def _slice(H, loss: WholeDataLoss, D: torch.Tensor, kind: str, names, span, points) -> Landscape:
+    """The loss on the grid along the columns of D, with the quadratic model from H."""
+    D = D.to(H.device)
     loss0 = loss()
     slopes = (D.T @ H.gradient().to(torch.float64)).cpu().numpy()
     M = (D.T @ H.torch_matmat(D.to(H.torch_dtype)).to(torch.float64)).cpu().numpy()
@@ -70,7 +104,7 @@ def landscape(
         norms=norms,
         kind=kind,
         names=names,
-        model=type(model).__name__,
+        model=type(H.model).__name__,
     )
 
 

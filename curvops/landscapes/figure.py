@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,25 @@ def plot_landscape(result: Any, ax=None, path: str | Path | None = None):
     return plot.save(fig, path)
 
 
+def plot_slices(slices: Sequence[Any], path: str | Path | None = None, title: str | None = None):
+    """1-D landscapes side by side (one panel per direction, e.g. v_1, v_2, v_3), each with
+    its quadratic model; ``title`` above them (default: the model's name)."""
+    if not slices:
+        raise ValueError("no landscape to draw")
+    fig, axes = plot.subplots(len(slices), size=(4.8, 3.9))
+    for ax, r in zip(axes, slices):
+        _one(r, ax)
+        ax.set_title(rf"along {r.names[0]}: $\lambda$ = {r.rayleigh[0]:.4g}", fontsize=10)
+    fig.suptitle(title or f"{slices[0].model}: loss along {len(slices)} directions", fontsize=11)
+    fig.tight_layout()
+    return plot.save(fig, path)
+
+
 def _one(r: Any, ax) -> None:
     t, name = r.coords[0], r.names[0]
     unit = abs(float(r.norms[0]) - 1) < 1e-6
     scale = "" if unit else r"\|d\|^2"
-    ax.plot(t, r.loss, color="C0", lw=2, label=rf"loss $L(\theta_0 + t\,d)$, d = {name}")
+    ax.plot(t, r.loss, color="C0", lw=2, label=rf"loss $L(\theta_0 + t\,d)$, $d$ = {name}")
     ax.plot(
         t,
         r.quadratic,
@@ -41,8 +56,8 @@ def _one(r: Any, ax) -> None:
     high = float(r.loss.max())
     ax.set_ylim(low - 0.05 * (high - low), high + 0.3 * (high - low))  # q may leave the top
     ax.set(
-        xlabel=f"t along {name}",
-        ylabel="whole-data loss",
+        xlabel=f"$t$ along {name}",
+        ylabel=r"whole-data loss $L$",
         title=f"{r.model}: loss along {name} ({r.kind}, $\\lambda$ = {r.rayleigh[0]:.4g})",
     )
     ax.legend(fontsize=8, loc="upper center")

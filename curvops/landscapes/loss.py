@@ -12,6 +12,8 @@ from torch import nn
 from curvops.core.checks import check_module_modes
 from curvops.core.data import DataLoop
 from curvops.core.denominators import batch_weight, loss_denominator, loss_reduction
+from curvops.core.lm import loss_parts
+from curvops.core.outputs import call_model, logits_of
 
 
 class WholeDataLoss:
@@ -31,12 +33,14 @@ class WholeDataLoss:
         reduction: str | None = None,
     ) -> None:
         check_module_modes(model)
-        self.model, self.loss_fn, self.params = model, loss_fn, list(params)
-        self.reduction = loss_reduction(loss_fn, reduction)
+        self.parts = loss_parts(loss_fn)  # a TokenLoss as its cross-entropy over the tokens
+        self.model, self.loss_fn, self.params = model, self.parts.loss_fn, list(params)
+        self.reduction = loss_reduction(self.loss_fn, reduction)
         first = self.params[0]
         self.loop = DataLoop(
-            data, first.device, first.dtype, batch_size_fn, denominator=loss_denominator(loss_fn)
-        )
+            data, first.device, first.dtype, batch_size_fn,
+            denominator=loss_denominator(self.loss_fn), targets=self.parts.targets,
+        )  # fmt: skip
         _, self.total = self.loop.count()
 
     def __call__(self) -> float:
@@ -45,7 +49,8 @@ class WholeDataLoss:
         with torch.no_grad():
             for batch in self.loop:
                 w = batch_weight(self.reduction, batch.denominator, self.total)
-                total += w * float(self.loss_fn(self.model(batch.X), batch.y))
+                output = self.parts.outputs(logits_of(call_model(self.model, batch.X)))
+                total += w * float(self.loss_fn(output, batch.y))
         return total
 
     @contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from curvops.report.records import encode, same
+from curvops.core.records import encode, same
 
 
 @dataclass(eq=False)

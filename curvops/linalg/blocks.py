@@ -9,28 +9,42 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvops.core.errors import NotSymmetricError
-from curvops.interface import SYMMETRY_EPS, TorchMatmat, probe_symmetry, torch_matmat
+from curvops.interface import TorchMatmat, probe_symmetry, torch_matmat
 from curvops.linalg._checks import check_number
-from curvops.linalg.eigsh import BACKENDS, eigsh
+from curvops.linalg.eigsh import BACKENDS, ConvergenceWarning, eigsh
+from curvops.linalg.lockstep import DENSE_MAX, dense_values, lockstep_extremes
 from curvops.linalg.results import BlockEigenvalues
 
-DENSE_MAX = 32  # blocks up to this size: dense eigh of the block (one matmat of its columns)
 ZERO_RTOL = 1e-12  # |λ_b| <= ZERO_RTOL · max_c |λ_c| counts as zero
 
 
 def block_top_eigenvalues(
-    op, normalize: bool = False, tol: float = 1e-6, backend: str = "lanczos"
+    op,
+    normalize: bool = False,
+    tol: float = 1e-6,
+    backend: str = "lanczos",
+    lockstep: bool | None = None,
 ) -> BlockEigenvalues:
     """Top eigenvalue λ_b = λ_max(A_bb) of each diagonal block, with its sign.
 
     ``op`` must expose ``block_slices`` (a curvops operator built with ``blocks=``); each
     block's products are A restricted to it: embed v_b in a zero P-vector, multiply, keep
     the block's slice (exact for a block-diagonal operator; for a full one this gives the
-    diagonal blocks A_bb). Blocks of size <= 32 are solved densely, larger ones with
-    ``eigsh(k=1, which="LM", backend=backend, tol=tol)``, plus a ``which="LA"`` run when
-    that eigenvalue is negative. Also reports per block the eigenvalue of largest |λ|,
-    with its sign.
+    diagonal blocks A_bb). Also reports per block the eigenvalue of largest |λ|, with its
+    sign.
+
+    Two ways, the same numbers (to ``tol``):
+    - lock-step (``lockstep=None`` picks it for ``backend="lanczos"`` on an operator with
+      ``is_block_diagonal`` true, as every curvops operator): one product advances every
+      block (``curvops.linalg.lockstep``); blocks of size <= 32 are solved densely from
+      their identity columns, which ride in the same products; a block stops once λ_max
+      and its largest |λ| both converged to ``tol``. Products: those of the slowest block.
+    - one solve per block (any other operator or backend, or ``lockstep=False``): blocks
+      of size <= 32 densely (one matmat of their columns), larger ones with ``eigsh(k=1,
+      which="LM", backend=backend, tol=tol)``, plus a ``which="LA"`` run when that
+      eigenvalue is negative.
+    ``lockstep=True`` on an operator that does not declare ``is_block_diagonal`` is refused
+    (its products would mix blocks).
 
     Scores: ``normalize=True`` gives |λ_b| / max_c |λ_c| in [0, 1] (else |λ_b|). A block
     whose λ_b is non-finite (the operator returned NaN / inf there) or zero (|λ_b| <=
@@ -38,7 +52,8 @@ def block_top_eigenvalues(
     NaN, and never sets the maximum; a non-finite block also gives a RuntimeWarning that
     names it and the product. Each block must be symmetric (``NotSymmetricError``):
     curvops operators are by construction, a dense block (size <= 32) is compared with
-    its transpose, a larger one probed once (one product of 2 columns, not counted).
+    its transpose, a larger one probed once (one product of 2 columns, not counted; in
+    lock-step one such product for all blocks).
     """
     slices = getattr(op, "block_slices", None)
     if slices is None:
@@ -51,13 +66,21 @@ def block_top_eigenvalues(
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
         )
+    together = _lockstep_wanted(op, backend, lockstep)
     A = torch_matmat(op, check_symmetric=False, algorithm="block_top_eigenvalues")
     slices = [_check_slice(s, A.size, i) for i, s in enumerate(slices)]
     names = list(getattr(op, "block_names", None) or [str(i) for i in range(len(slices))])
     if len(names) != len(slices):
         raise ValueError(f"{len(names)} block_names for {len(slices)} block_slices")
     count0, start = A.n_matvecs, time.perf_counter()
-    rows = [_extremes(A, s, name, tol, backend) for s, name in zip(slices, names)]
+    rows = None
+    if together:
+        try:
+            rows = _lockstep_rows(A, slices, names, tol)
+        except FloatingPointError:  # the operator refused a whole product: find the block
+            rows = None
+    if rows is None:
+        rows = [_extremes(A, s, name, tol, backend) for s, name in zip(slices, names)]
     top, lm, conv = (np.asarray(x) for x in zip(*rows))
     statuses, scores = _scores(top, lm, normalize)
     return BlockEigenvalues(
@@ -72,6 +95,45 @@ def block_top_eigenvalues(
         n_matvecs=A.n_matvecs - count0,
         seconds=time.perf_counter() - start,
     )
+
+
+def _lockstep_wanted(op, backend: str, lockstep: bool | None) -> bool:
+    """The rule: lock-step for the Lanczos backend on a declared block-diagonal operator."""
+    diagonal = bool(getattr(op, "is_block_diagonal", False))
+    if lockstep and not diagonal:
+        raise ValueError(
+            "lockstep=True needs an operator whose products never couple two blocks "
+            "(is_block_diagonal = True, as every curvops operator); this one does not say "
+            "so: leave lockstep unset, or set op.is_block_diagonal = True if it is"
+        )
+    if lockstep is None:
+        return diagonal and backend == "lanczos"
+    return bool(lockstep)
+
+
+def _lockstep_rows(A: TorchMatmat, slices: list[slice], names: list[str], tol: float):
+    """(λ_max, largest |λ|, converged) per block from one lock-step run."""
+    tol_eff = max(float(tol), 50 * torch.finfo(A.dtype).eps)
+    rows, missed = [], []
+    for outcome, name in zip(lockstep_extremes(A, slices, tol_eff), names):
+        if isinstance(outcome, str):
+            warnings.warn(
+                f"block {name!r} gets status 'non-finite': {outcome}", RuntimeWarning, stacklevel=3
+            )
+            rows.append((np.nan, np.nan, False))
+            continue
+        lm, hi, converged = outcome
+        missed += [] if converged else [name]
+        rows.append((hi, lm, converged))
+    if missed:
+        warnings.warn(
+            f"block_top_eigenvalues: {len(missed)} block(s) did not converge to tol={tol:g} "
+            f"in 300 restart cycles: {', '.join(missed)}; their values are the last Ritz "
+            "values (converged=False)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return rows
 
 
 def _check_slice(s, P: int, i: int) -> slice:
@@ -125,17 +187,8 @@ def _extremes(A: TorchMatmat, s: slice, name: str, tol: float, backend: str):
 def _dense_extremes(B: TorchMatmat) -> tuple[float, float, bool]:
     """(λ of largest |λ|, λ_max, True) from the dense block B I (one matmat of its columns),
     checked symmetric to round-off unless B is symmetric by construction."""
-    D = B(torch.eye(B.size, dtype=B.dtype, device=B.device)).to(torch.float64)
-    if not B.symmetric:
-        gap, scale = float((D - D.T).abs().max()), float(D.abs().max())
-        if gap > SYMMETRY_EPS * torch.finfo(B.dtype).eps * scale:
-            raise NotSymmetricError(
-                f"the operator is not symmetric ({B.label}): max |A_bb − A_bbᵀ| = {gap:.3g} "
-                f"for max |A_bb| = {scale:.3g}; block_top_eigenvalues needs a symmetric "
-                "operator: pass its symmetric part (A + Aᵀ)/2"
-            )
-    lo, hi = (float(x) for x in torch.linalg.eigvalsh((D + D.T) / 2)[[0, -1]])
-    return (hi if abs(hi) >= abs(lo) else lo), hi, True
+    D = B(torch.eye(B.size, dtype=B.dtype, device=B.device))
+    return dense_values(D, B.symmetric, B.dtype, B.label)
 
 
 def _iterative_extremes(B: TorchMatmat, tol: float, backend: str) -> tuple[float, float, bool]:

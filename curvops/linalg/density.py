@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from curvops.core.checks import check_count
-from curvops.interface import torch_matmat
+from curvops.interface import OperatorLike, torch_matmat
 from curvops.linalg._checks import check_number, check_seed
 from curvops.linalg._probes import rademacher
 from curvops.linalg.lanczos import tridiagonalize
@@ -16,7 +16,7 @@ BASIS_BYTES = 2**29  # probes sharing one batched Lanczos run keep their bases u
 
 
 def spectral_density(
-    op,
+    op: OperatorLike,
     n_probes: int = 10,
     lanczos_steps: int = 80,
     grid=None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
 from curvops.core.checks import check_count
-from curvops.interface import TorchMatmat, torch_matmat
+from curvops.interface import OperatorLike, TorchMatmat, torch_matmat
 from curvops.linalg._checks import check_number, check_optional_count, check_seed
 from curvops.linalg._probes import gaussian, start_vector
 from curvops.linalg.lanczos import thick_restart_lanczos
@@ -26,7 +27,7 @@ class ConvergenceWarning(UserWarning):
 
 
 def eigsh(
-    op,
+    op: OperatorLike,
     k: int = 6,
     which: str = "LA",
     tol: float = 1e-6,
@@ -36,6 +37,7 @@ def eigsh(
     seed: int = 0,
     progress: bool = False,
     ncv: int | None = None,
+    norm: float | None = None,
 ) -> EigenResult:
     """k eigenpairs of a symmetric operator A (P, P): A v_i = λ_i v_i.
 
@@ -61,6 +63,9 @@ def eigsh(
     progress : a tqdm bar counting products.
     ncv : Krylov basis size (ARPACK, Lanczos; default min(P, max(2k + 1, 20))) or
         LOBPCG block size (default min(P, k + max(3, k // 2))).
+    norm : a known estimate of ‖A‖ (e.g. λ_max from a top-k solve) to measure the
+        tolerance against; the solver's own estimate (the largest |Ritz value| it saw) can
+        be far below ‖A‖ in a bottom solve (which="SA") or an ARPACK solve of one pair.
 
     Returns
     -------
@@ -84,21 +89,24 @@ def eigsh(
     """
     A = torch_matmat(op, algorithm=f"eigsh, backend {backend!r}")
     _check(A.size, k, which, backend, tol, max_iter, ncv, seed)
+    if norm is not None:
+        check_number("norm", norm)
     tol_eff = max(float(tol), 50 * torch.finfo(A.dtype).eps)
     count0, start = A.n_matvecs, time.perf_counter()
-    B, bar = _with_progress(A, progress, backend)
+    B, bar = with_progress(A, progress, f"eigsh ({backend})")
     try:
         x0 = start_vector(B, v0, seed)
         vals, vecs, anorm, AX = _solve(B, x0, k, which, tol_eff, max_iter, ncv, seed, backend)
         if tol_eff < 100 * torch.finfo(A.dtype).eps:
             AX = None  # near round-off an implicit residual could under-report: recompute
+        anorm = max(float(anorm), float(norm or 0.0))
         res = _finish(B, vals, vecs, anorm, tol_eff, backend, which, AX)
     finally:
         if bar is not None:
             bar.close()
     res.n_matvecs, res.seconds = A.n_matvecs - count0, time.perf_counter() - start
     if not res.all_converged:
-        _warn(res, k, tol, max_iter, ncv)
+        _warn(res, Settings(tol, tol_eff, anorm, norm, max_iter, ncv, str(A.dtype)))
     return res
 
 
@@ -123,12 +131,13 @@ def _check(P, k, which, backend, tol, max_iter, ncv, seed) -> None:
     check_seed(seed)
 
 
-def _with_progress(A: TorchMatmat, progress: bool, backend: str):
+def with_progress(A: TorchMatmat, progress: bool, name: str):
+    """``A`` counting its products on a tqdm bar named ``name`` (and the bar), or ``A``."""
     if not progress:
         return A, None
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=f"eigsh ({backend})", unit=" products")
+    bar = tqdm(desc=name, unit=" products")
 
     def fn(M):
         bar.update(M.shape[1])
@@ -200,16 +209,60 @@ def _finish(A: TorchMatmat, vals, X, anorm, tol, backend, which, AX=None) -> Eig
     )
 
 
-def _warn(res: EigenResult, k: int, tol: float, max_iter, ncv) -> None:
-    n = int(res.converged.sum())
+@dataclass
+class Settings:
+    """What a convergence warning reports: the tolerances, ‖A‖ and the solver's limits."""
+
+    tol: float
+    tol_eff: float
+    anorm: float
+    norm: float | None
+    max_iter: int | None
+    ncv: int | None
+    dtype: str
+
+
+def _warn(res: EigenResult, s: Settings) -> None:
+    """Which pairs missed which threshold, and what to change."""
+    k, missed = len(res.eigenvalues), ~res.converged
     missing = int(np.isnan(res.eigenvalues).sum())
-    worst = np.nanmax(res.residual_norms) if missing < k else np.nan
     warnings.warn(
-        f"eigsh(backend={res.backend!r}, which={res.which!r}): only {n} of {k} eigenpairs "
-        f"converged to tol={tol:g} (largest residual {worst:.3g}; {missing} pairs missing, "
-        "NaN). Try a larger max_iter "
-        f"(now {max_iter}), a larger ncv (now {ncv}) or a looser tol; the partial result has "
-        "converged=False where a pair did not converge.",
+        f"eigsh(backend={res.backend!r}, which={res.which!r}): {int(missed.sum())} of {k} "
+        f"eigenpairs did not converge: {_missed(res, s, missing)}. Try a larger max_iter "
+        f"(now {_now(s.max_iter)}), a larger ncv (now {_now(s.ncv)}) or a looser tol"
+        + _norm_hint(res, s)
+        + "; the partial result has converged=False where a pair did not converge.",
         ConvergenceWarning,
         stacklevel=3,
     )
+
+
+def _missed(res: EigenResult, s: Settings, missing: int) -> str:
+    """The largest residual against its threshold 2·tol·‖A‖, or the missing pairs."""
+    floored = f" (asked {s.tol:g}; floor 50 eps of {s.dtype})" if s.tol_eff > s.tol else ""
+    if missing == len(res.eigenvalues):
+        return f"the solver returned none of them to tol = {s.tol_eff:g}{floored}"
+    found = np.abs(res.eigenvalues[np.isfinite(res.eigenvalues)])
+    threshold = 2 * s.tol_eff * max(s.anorm, float(found.max(initial=0.0)))
+    late = res.residual_norms[~res.converged & np.isfinite(res.eigenvalues)]
+    worst = f"the largest residual ‖Av − λv‖ = {late.max():.3g} > " if late.size else ""
+    seen = "norm=" if s.norm else "the largest |Ritz value| the solver saw"
+    gone = f"; {missing} pair(s) missing (NaN, zero vectors)" if missing else ""
+    return (
+        f"{worst}2·tol·‖A‖ = {threshold:.3g}, with tol = {s.tol_eff:g}{floored} and "
+        f"‖A‖ ≈ {s.anorm:.3g} ({seen}){gone}"
+    )
+
+
+def _now(value: int | None) -> str:
+    return "the default" if value is None else str(value)
+
+
+def _norm_hint(res: EigenResult, s: Settings) -> str:
+    """A bottom solve of LOBPCG or ARPACK (or ARPACK on one pair) estimates ‖A‖ from the
+    Ritz values near what it finds, which can be far below ‖A‖."""
+    small = res.which == "SA" and res.backend != "lanczos"
+    small = small or (res.backend == "arpack" and len(res.eigenvalues) == 1)
+    if s.norm or not small or np.isnan(res.eigenvalues).all():
+        return ""
+    return "; if ‖A‖ is larger than the solver saw, pass norm= (e.g. λ_max of a top solve)"

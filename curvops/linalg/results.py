@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -209,7 +210,7 @@ class Density:
             "n_matvecs": int(self.n_matvecs),
         }
 
-    def plot(self, path: str | Path | None = None, ax=None, log: bool = False):
+    def plot(self, path: str | Path | None = None, ax: Any = None, log: bool = False) -> Any:
         """Draw ρ(λ) (on ``ax`` or a new figure, saved to ``path`` if given); returns the figure."""
         try:
             import matplotlib.pyplot as plt

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from curvops.core.checks import check_count
-from curvops.interface import TorchMatmat, torch_matmat
+from curvops.interface import OperatorLike, TorchMatmat, torch_matmat
 from curvops.linalg._checks import check_seed
 from curvops.linalg._probes import rademacher
 from curvops.linalg.results import DiagonalEstimate, TraceEstimate
@@ -39,7 +39,9 @@ def _probe_products(A: TorchMatmat, n: int, seed: int, chunk: int):
         yield Z, A(Z)
 
 
-def hutchinson_trace(op, n_probes: int = 100, seed: int = 0, chunk: int = 16) -> TraceEstimate:
+def hutchinson_trace(
+    op: OperatorLike, n_probes: int = 100, seed: int = 0, chunk: int = 16
+) -> TraceEstimate:
     """tr(A) ≈ (1/n) Σ_i z_iᵀ A z_i, z_i Rademacher (P,); ``chunk`` probes per matmat.
 
     Standard error: sample std of z_iᵀ A z_i over √n.
@@ -52,7 +54,9 @@ def hutchinson_trace(op, n_probes: int = 100, seed: int = 0, chunk: int = 16) ->
     return TraceEstimate(float(est), float(se), A.n_matvecs - count0, "hutchinson")
 
 
-def hutchpp_trace(op, n_matvecs: int = 102, seed: int = 0, chunk: int = 16) -> TraceEstimate:
+def hutchpp_trace(
+    op: OperatorLike, n_matvecs: int = 102, seed: int = 0, chunk: int = 16
+) -> TraceEstimate:
     """Hutch++ (Meyer et al. 2021): tr(A) ≈ tr(Qᵀ A Q) + Hutchinson on (I − QQᵀ) A (I − QQᵀ).
 
     n_matvecs = m is split m//3 sketch columns S (Q = orth(A S)), m//3 for A Q, and the
@@ -74,7 +78,7 @@ def hutchpp_trace(op, n_matvecs: int = 102, seed: int = 0, chunk: int = 16) -> T
 
 
 def hutchinson_diagonal(
-    op, n_probes: int = 100, seed: int = 0, chunk: int = 16
+    op: OperatorLike, n_probes: int = 100, seed: int = 0, chunk: int = 16
 ) -> DiagonalEstimate:
     """diag(A) ≈ (1/n) Σ_i z_i ⊙ A z_i, z_i Rademacher; per-entry standard errors (P,)."""
     _check("n_probes", n_probes, 1, seed, chunk)

@@ -22,8 +22,10 @@ from curvops.core import checks
 from curvops.core.data import Batch, DataLoop
 from curvops.core.denominators import batch_weight, check_shapes, loss_denominator, loss_reduction
 from curvops.core.errors import StaleOperatorError
+from curvops.core.lm import TokenLoss, loss_parts
 from curvops.core.losses import target_checker
 from curvops.core.options import OnStale, Reduction, check_choice
+from curvops.core.outputs import call_model, logits_of
 from curvops.core.params import Blocks, build_layout, flatten, unflatten
 from curvops.core.watch import ModelWatch, Token
 from curvops.distributed import all_reduce_sum
@@ -46,8 +48,11 @@ class CurvatureOperator(SymmetricTorchOperator):
             d_b / D, d_b what torch's mean divides it by (its loss terms; Σ w_{y_n} over the
             targets that are not ``ignore_index`` for CrossEntropyLoss / NLLLoss), D the
             sum over the data (``curvops.core.denominators``). Batches with no points or no
-            loss terms are skipped.
-        data: a re-iterable of ``(X, y)`` batches (list, DataLoader); sizes may differ.
+            loss terms are skipped. ``curvops.CausalLMLoss()`` / ``MaskedLMLoss()``: the
+            token cross-entropy of a language model, as transformers computes it.
+        data: a re-iterable of ``(X, y)`` batches (list, DataLoader); sizes may differ. X
+            may be a mapping (``model(**X)`` for a Hugging Face model); an output with
+            ``.logits`` (a ``ModelOutput``) counts as its logits.
         params: the parameters to differentiate (default: all with ``requires_grad``).
         blocks: None (full matrix), "layer" (one block per module owning parameters) or a
             list of parameter lists; with blocks the operator is block-diagonal.
@@ -85,6 +90,7 @@ class CurvatureOperator(SymmetricTorchOperator):
     """
 
     is_psd = False  # positive semi-definite by construction (GGN, Fisher, KFAC, EKFAC)
+    is_block_diagonal = True  # products never couple two blocks of ``block_slices``
 
     def __init__(
         self,
@@ -108,10 +114,12 @@ class CurvatureOperator(SymmetricTorchOperator):
         check_choice("on_stale", on_stale, OnStale)
         checks.check_module_modes(model)
         self.model, self.chunk_size, self.on_stale = model, chunk_size, on_stale
-        self.loss_fn = loss_fn
-        self.reduction = loss_reduction(loss_fn, reduction)
-        denominator = loss_denominator(loss_fn)
-        self._targets = target_checker(loss_fn)
+        self.token_loss = loss_fn if isinstance(loss_fn, TokenLoss) else None
+        parts = loss_parts(loss_fn)  # a language-model loss: cross-entropy over the tokens
+        self.loss_fn, self._outputs = parts.loss_fn, parts.outputs
+        self.reduction = loss_reduction(self.loss_fn, reduction)
+        denominator = loss_denominator(self.loss_fn)
+        self._targets = target_checker(self.loss_fn)
         self.layout = build_layout(model, params, blocks)
         checks.check_params_finite(self.layout.params, self.layout.names)
         first = self.layout.params[0]
@@ -120,7 +128,8 @@ class CurvatureOperator(SymmetricTorchOperator):
         self.math_attention = math_attention
         self._loop = DataLoop(
             data, self.device, self.torch_dtype, batch_size_fn, progress,
-            allow_empty=process_group is not None, denominator=denominator,
+            allow_empty=process_group is not None, denominator=denominator, targets=parts.targets,
+            keep_bytes=self._kept_data_bytes(),
         )  # fmt: skip
         self.num_data, self.denominator = self._count_data(num_data)
         size = self.layout.num_params
@@ -157,7 +166,7 @@ class CurvatureOperator(SymmetricTorchOperator):
         """Parameter-shaped tensors -> flat vector (P,)."""
         return flatten(tensors)
 
-    def unflatten(self, vec) -> list[torch.Tensor]:
+    def unflatten(self, vec: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
         """Flat vector (P,) (numpy or torch) -> tensors shaped like ``op.params``."""
         vec = torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)
         checks.check_length(vec.shape[0] if vec.ndim else -1, self.shape[0])
@@ -286,7 +295,14 @@ class CurvatureOperator(SymmetricTorchOperator):
 
     # ---------------------------------------------------------------- helpers
     def _forward(self, X):
-        return self.model(X)
+        """The model's output on X as the loss takes it: ``model(**X)`` for a mapping X
+        whose keys are forward's keywords (a Hugging Face model), the logits of a
+        ``ModelOutput``, a ``TokenLoss``'s (B, V, S') logits (``curvops.core.outputs``)."""
+        return self._outputs(logits_of(call_model(self.model, X)))
+
+    def _functional_forward(self, params: dict[str, torch.Tensor], X):
+        """``_forward`` with the parameters ``params`` (name -> tensor), by functional_call."""
+        return self._outputs(logits_of(call_model(self.model, X, params)))
 
     def _forward_context(self):
         """Context for every forward pass whose graph is differentiated twice."""
@@ -368,6 +384,11 @@ class CurvatureOperator(SymmetricTorchOperator):
         first = self.torch_matmat(v)
         self._forget_cached_passes()
         checks.assert_deterministic(first, self.torch_matmat(v), "matrix-vector product")
+
+    def _kept_data_bytes(self) -> float:
+        """Bytes of batches the data loop may keep on the device (``DataLoop``): none here;
+        the exact operators keep a DataLoader's batches for their graph cache."""
+        return 0.0
 
     def _forget_cached_passes(self) -> None:
         """Drop what a product reuses from earlier data passes (the exact operators' graphs)."""

@@ -8,11 +8,13 @@ semi-definite A (GGN, Fisher), MINRES (scipy) for indefinite A (the Hessian).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
+from curvops.core.options import InverseMethod
 from curvops.interface import SymmetricTorchOperator, torch_matmat
 
 
@@ -105,7 +107,9 @@ class DampedInverse(SymmetricTorchOperator):
         return torch.as_tensor(np.stack(cols, axis=1), device=self.device, dtype=self.torch_dtype)
 
 
-def damped_inverse(A, damping: float, method: str = "auto", **kwargs):
+def damped_inverse(
+    A: Any, damping: float, method: InverseMethod = "auto", **kwargs: Any
+) -> SymmetricTorchOperator:
     """(A + λI)⁻¹: the operator's exact ``inverse`` when it has one, else a Krylov solve."""
     if hasattr(A, "inverse") and callable(A.inverse):
         return A.inverse(damping)

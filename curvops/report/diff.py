@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from curvops.core.records import encode
 from curvops.linalg.results import BlockEigenvalues
-from curvops.report.records import encode
 from curvops.report.report import Report
 from curvops.report.summary import num, table
 

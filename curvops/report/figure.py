@@ -1,4 +1,5 @@
-"""``Report.plot()``: one figure page, a panel per part (spectrum, density, layers, comparison)."""
+"""``Report.plot()``: one figure page, a panel per part (spectrum, density, layers,
+comparison); each panel also on its own (``plot_panel``), for the CLI and the demo."""
 
 from __future__ import annotations
 
@@ -16,27 +17,42 @@ PAIRS = ("top", "bottom")
 def plot_report(report: Any, path: str | Path | None = None):
     """The report's figure: (a) the extreme eigenvalues with their bounds, (b) the spectral
     density, (c) the layer scores, (d) the comparison; the panels of the parts present."""
-    panels = [
-        (draw, getattr(report, part))
-        for draw, part in (
-            (_spectrum, "top"),
-            (_density, "density"),
-            (_layers, "layers"),
-            (_comparison, "comparison"),
-        )
-        if getattr(report, part) is not None
-    ]
+    panels = [name for name in PANELS if _has(report, name)]
     if not panels:
         raise ValueError("the report holds no part to draw")
     fig, axes = _page(len(panels))
-    for letter, ax, (draw, _) in zip("abcd", axes, panels):
-        draw(report, ax)
+    for letter, ax, name in zip("abcd", axes, panels):
+        PANELS[name](report, ax)
         title = ax.get_title()
         ax.set_title("")
         ax.set_title(f"({letter}) {title}", loc="left", fontsize=10)
-    fig.suptitle(_title(report), fontsize=11)
+    fig.suptitle(title_of(report), fontsize=11)
     fig.tight_layout()
     return plot.save(fig, path)
+
+
+def plot_panel(report: Any, name: str, ax=None, path: str | Path | None = None):
+    """One panel ("spectrum", "density", "layers" or "comparison") of the report, titled
+    with the model and the curvature (its own figure unless ``ax`` is given)."""
+    if not _has(report, name):
+        raise ValueError(f"the report has no {name} to draw")
+    fig = None
+    if ax is None:
+        fig, axes = plot.subplots(1, size=(5.6, 4.2))
+        ax = axes[0]
+    PANELS[name](report, ax)
+    title = ax.get_title()
+    ax.set_title(f"{report.model}: {report.curvature_name}, {title[:1].lower()}{title[1:]}")
+    if fig is None:
+        return ax.figure
+    fig.tight_layout()
+    return plot.save(fig, path)
+
+
+def _has(report: Any, name: str) -> bool:
+    if name == "spectrum":
+        return report.top is not None or report.bottom is not None
+    return getattr(report, name) is not None
 
 
 def _page(n: int):
@@ -51,7 +67,8 @@ def _page(n: int):
     return fig, list(axes.ravel())
 
 
-def _title(r: Any) -> str:
+def title_of(r: Any) -> str:
+    """ "MLP: Hessian of CrossEntropyLoss  (N = 1,400, P = 3,466)"."""
     loss = f" of {r.provenance.loss}" if r.provenance else ""
     return f"{r.model}: {r.curvature_name}{loss}  (N = {r.num_data:,}, P = {r.num_params:,})"
 
@@ -59,23 +76,27 @@ def _title(r: Any) -> str:
 def _spectrum(r: Any, ax) -> None:
     """Top λ_1..λ_k at 1..k, bottom λ_{P-b+1}..λ_P after a gap; error bars ± bounds; the band
     ±tol·‖A‖ in which an eigenvalue is indistinguishable from zero shaded."""
-    top = r.top.eigenvalues
-    plot.plot_spectrum({"top": top}, ax=ax)
-    ax.lines[0].set_label(rf"top $\lambda_1 \ldots \lambda_{{{len(top)}}}$")
-    x = np.arange(1, len(top) + 1)
-    ax.errorbar(x, top, yerr=r.bounds("top"), fmt="none", ecolor="C0", capsize=2)
-    values, ticks = [top], [int(i) for i in x]
+    values, ticks, k = [], [], 0
+    if r.top is not None:
+        top = r.top.eigenvalues
+        k = len(top)
+        x = np.arange(1, k + 1)
+        which = r"top" if r.top.which != "LM" else r"largest $|\lambda|$:"
+        label = rf"{which} $\lambda_1 \ldots \lambda_{{{k}}}$"
+        ax.errorbar(
+            x, top, yerr=r.bounds("top"), fmt="o-", color="C0", ms=4, capsize=2, label=label
+        )
+        values.append(top)
+        ticks += [int(i) for i in x]
     if r.bottom is not None:
         bottom = r.bottom.eigenvalues
-        xb = np.arange(len(top) + 2, len(top) + 2 + len(bottom))
+        first = k + 2 if k else 1
+        xb = np.arange(first, first + len(bottom))
+        label = rf"bottom $\lambda_{{P-{len(bottom) - 1}}} \ldots \lambda_P$"
+        if len(bottom) == 1:
+            label = r"bottom $\lambda_P$"
         ax.errorbar(
-            xb,
-            bottom,
-            yerr=r.bounds("bottom"),
-            fmt="s",
-            color="C3",
-            capsize=2,
-            label=r"bottom $\lambda_{P-j}$",
+            xb, bottom, yerr=r.bounds("bottom"), fmt="s", color="C3", ms=4, capsize=2, label=label
         )
         values.append(bottom)
         ticks += [int(i) for i in xb]
@@ -84,8 +105,8 @@ def _spectrum(r: Any, ax) -> None:
     label += f"; all bounds ≤ {widest:.1g}" if widest > 1.01 * band else ""
     ax.axhspan(-band, band, color="0.85", zorder=0, label=label)
     _scale(ax, np.concatenate(values), band)
-    _ticks(ax, len(top), ticks)
-    ax.set(xlabel="index", ylabel=r"eigenvalue $\lambda_i$", title="Extreme eigenvalues")
+    _ticks(ax, k, ticks)
+    ax.set(xlabel=r"index $i$", ylabel=r"eigenvalue $\lambda_i$", title="Extreme eigenvalues")
     ax.legend(fontsize=8, loc="best")
 
 
@@ -172,5 +193,8 @@ def _comparison(r: Any, ax) -> None:
     spectra = {c.exact_name: c.exact_eigenvalues}
     spectra.update({f"{a.name} (overlap {a.overlap:.2f})": a.eigenvalues for a in c.approximations})
     plot.plot_spectrum(spectra, ax=ax, title=f"Exact {c.exact_name} vs approximations")
-    ax.set(xlabel="index i", ylabel=r"eigenvalue $\lambda_i$")
+    ax.set(xlabel=r"index $i$", ylabel=r"eigenvalue $\lambda_i$")
     ax.legend(fontsize=8)
+
+
+PANELS = {"spectrum": _spectrum, "density": _density, "layers": _layers, "comparison": _comparison}

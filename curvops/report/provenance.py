@@ -6,7 +6,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,8 +16,9 @@ import numpy as np
 import scipy
 import torch
 
+from curvops.core.records import encode
 from curvops.interface import SymmetricTorchOperator
-from curvops.report.records import encode
+from curvops.report.progress import Feedback, long_step_note
 
 
 @dataclass
@@ -95,7 +96,7 @@ def provenance(model, op, settings: dict[str, Any]) -> Provenance:
         model=type(model).__name__,
         num_params=int(op.shape[0]),
         num_data=int(op.num_data),
-        loss=type(op.loss_fn).__name__,
+        loss=type(getattr(op, "token_loss", None) or op.loss_fn).__name__,  # CausalLMLoss
         reduction=str(op.reduction),
         dtype=str(op.torch_dtype).removeprefix("torch."),
         settings=json.loads(json.dumps(encode(settings))),
@@ -104,17 +105,23 @@ def provenance(model, op, settings: dict[str, Any]) -> Provenance:
 
 
 class Counted(SymmetricTorchOperator):
-    """``op`` with its products counted (``columns``); every other attribute is ``op``'s."""
+    """``op`` with its products counted (``columns``) and timed, each reported to
+    ``on_product(columns, seconds)``; every other attribute is ``op``'s."""
 
-    def __init__(self, op: Any) -> None:
-        self.op, self.columns = op, 0
+    def __init__(self, op: Any, on_product: Callable[[int, float], None] | None = None) -> None:
+        self.op, self.columns, self.on_product = op, 0, on_product
         self.device, self.torch_dtype = op.device, op.torch_dtype
         super().__init__(dtype=op.dtype, shape=op.shape)
 
     def torch_matmat(self, M: torch.Tensor) -> torch.Tensor:
         """A @ M for M (P,) or (P, k), counting k columns."""
-        self.columns += 1 if M.ndim == 1 else int(M.shape[1])
-        return self.op.torch_matmat(M)
+        columns = 1 if M.ndim == 1 else int(M.shape[1])
+        start = time.perf_counter()
+        result = self.op.torch_matmat(M)
+        self.columns += columns
+        if self.on_product is not None:
+            self.on_product(columns, time.perf_counter() - start)
+        return result
 
     def __getattr__(self, name: str) -> Any:
         if name == "op":  # not set yet: no recursion during construction
@@ -123,28 +130,55 @@ class Counted(SymmetricTorchOperator):
 
 
 class Meter:
-    """Times named steps and counts the products of the ``Counted`` operators it made."""
+    """Times named steps and counts the products of the ``Counted`` operators it made; a
+    bar per step and a note when the first product says the step will take long."""
 
-    def __init__(self, progress: bool = False) -> None:
+    def __init__(self, feedback: Feedback | None = None) -> None:
         self.steps: dict[str, Step] = {}
         self.ops: list[Counted] = []
-        self.progress = progress
+        self.feedback = feedback or Feedback()
+        self._bar: Any = None
+        self._counting = True  # the bar counts products (else the step's own unit)
+        self._pending: tuple[str, int, bool] | None = None  # the step's note, to be timed
 
     def count(self, op: Any) -> Counted:
-        counted = Counted(op)
+        counted = Counted(op, self._on_product)
         self.ops.append(counted)
         return counted
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(
+        self, name: str, total: int | None = None, least: int | None = None, unit: str = ""
+    ) -> Iterator[None]:
+        """One step: ``total`` products when known (the bar's ETA), else at least ``least``
+        (for the note only); a ``unit`` other than products: the bar counts ``advance``."""
         columns0, start = self._columns(), time.perf_counter()
-        yield
-        step = Step(self._columns() - columns0, time.perf_counter() - start)
-        self.steps[name] = step
-        if self.progress:
-            print(
-                f"analyze: {name:<8} {step.products:6d} products {step.seconds:7.2f} s", flush=True
-            )
+        count = None if unit else total or least
+        self._pending = (name, count, total is not None) if count else None
+        self._bar = self.feedback.bar(name, total, unit or "products")
+        self._counting = not unit
+        try:
+            yield
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = self._pending = None
+        self.steps[name] = Step(self._columns() - columns0, time.perf_counter() - start)
+
+    def advance(self, n: int) -> None:
+        """``n`` more of the step's own unit done (e.g. landscape slices)."""
+        if self._bar is not None and not self._counting:
+            self._bar.update(n)
+
+    def _on_product(self, columns: int, seconds: float) -> None:
+        if self._bar is not None and self._counting:
+            self._bar.update(columns)
+        if self._pending is not None:
+            name, count, exact = self._pending
+            self._pending = None
+            note = long_step_note(name, count, seconds / columns, exact)
+            if note:
+                self.feedback.note(note)
 
     def _columns(self) -> int:
         return sum(op.columns for op in self.ops)

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 
 from curvops.compare.report import Comparison
+from curvops.core.records import encode, same
+from curvops.landscapes.figure import plot_slices
+from curvops.landscapes.result import Landscape
 from curvops.linalg.results import BlockEigenvalues, Density, EigenResult, TraceEstimate
 from curvops.report import store
 from curvops.report.figure import plot_report
 from curvops.report.provenance import Provenance
-from curvops.report.records import encode, same
 from curvops.report.summary import summarize
 
 CURVATURE_NAMES = {
@@ -36,7 +38,8 @@ class Report:
     (eigenvalues descending; eigenvectors (P, k), or (0, k) when loaded without them);
     ``trace`` by Hutch++; ``density`` by SLQ; ``layers`` per block λ_max and the scores
     |λ_b| / max_c |λ_c|, with ``layer_labels`` for figures; ``comparison`` the exact GGN
-    against its approximations. A part that was not computed is None.
+    against its approximations; ``landscapes`` 1-D loss slices along v_1, v_2, ... with
+    their quadratic models. A part that was not computed is None (landscapes: empty).
 
     Equality (``==``) is deep: arrays by dtype, shape and value, NaN equal to NaN.
     """
@@ -53,6 +56,7 @@ class Report:
     layers: BlockEigenvalues | None = None
     layer_labels: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
+    landscapes: list[Landscape] = field(default_factory=list)
     provenance: Provenance | None = None
 
     def __eq__(self, other: object) -> bool:
@@ -104,9 +108,15 @@ class Report:
         the comparison when present; written to ``path`` if given. Needs matplotlib."""
         return plot_report(self, path)
 
+    def plot_landscapes(self, path: str | Path | None = None):
+        """The loss along v_1, v_2, ... (one panel each) with the quadratic models."""
+        title = f"{self.model}: loss along the top {self.curvature_name} eigenvectors"
+        return plot_slices(self.landscapes, path, title)
+
     def save(self, directory: str | Path, vectors: bool = True, figure: bool = True) -> Path:
         """Write ``directory``/report.json, the eigenvectors to eigenvectors.npz (when
-        ``vectors``) and the figure to report.png (when ``figure``); returns the folder."""
+        ``vectors``) and the figures to report.png and, with landscapes, landscape.png (when
+        ``figure``); returns the folder."""
         return store.save(self, Path(directory), vectors, figure)
 
     @classmethod

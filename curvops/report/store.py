@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from curvops.report.records import decode
+from curvops.core.records import decode
 
 REPORT, VECTORS, FIGURE = "report.json", "eigenvectors.npz", "report.png"
+LANDSCAPE = "landscape.png"
 PAIRS = ("top", "bottom")
 
 
@@ -25,9 +26,12 @@ def save(report: Any, directory: Path, vectors: bool = True, figure: bool = True
     _remove(directory / VECTORS)
     if arrays:
         np.savez_compressed(directory / VECTORS, **arrays)  # type: ignore[arg-type]
-    _remove(directory / FIGURE)
+    for name in (FIGURE, LANDSCAPE):
+        _remove(directory / name)
     if figure:
-        _figure(report, directory / FIGURE)
+        _figure(report.plot, directory / FIGURE)
+    if figure and report.landscapes:
+        _figure(report.plot_landscapes, directory / LANDSCAPE)
     return directory
 
 
@@ -69,8 +73,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _figure(report: Any, path: Path) -> None:
+def _figure(draw: Any, path: Path) -> None:
     try:
-        report.plot(path)
+        draw(path)
     except ImportError as err:  # the plot extra is optional
-        warnings.warn(f"report.png not written: {err}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{path.name} not written: {err}; or save(figure=False) to write the numbers only",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curvops.interface import TorchMatmat, torch_matmat
+from curvops.interface import OperatorLike, TorchMatmat, torch_matmat
 from curvops.linalg import ConvergenceWarning
 
 ZERO_RTOL = 1e-12  # |λ_b| <= ZERO_RTOL · max_c |λ_c| counts as zero (as block_top_eigenvalues)
@@ -93,7 +93,7 @@ class _Block:
 
 
 def layer_top_eigenvalues(
-    op,
+    op: OperatorLike,
     previous: list[torch.Tensor] | None = None,
     tol: float = 1e-4,
     max_iter: int = 300,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def _panels(records: Sequence[CurvatureRecord]) -> list[str]:
     return names
 
 
-def plot_records(records: Sequence[CurvatureRecord], path: str | Path | None = None):
+def plot_records(records: Sequence[CurvatureRecord], path: str | Path | None = None) -> Any:
     """One panel each for: λ_1..λ_k over steps with 2/η dashed (if known); the trace ± its
     standard error; the layer scores |λ_b| / max_c |λ_c| as a heat map (blocks x steps);
     the drift 1 − ‖U_prevᵀ U‖_F² / k and the largest principal angle between consecutive

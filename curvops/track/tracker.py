@@ -15,6 +15,7 @@ from torch import nn
 from curvops.core.checks import check_count
 from curvops.distributed import rank_and_world_size
 from curvops.linalg import hutchinson_trace, hutchpp_trace
+from curvops.operators.base import CurvatureOperator
 from curvops.track import operators
 from curvops.track.layers import layer_top_eigenvalues
 from curvops.track.record import CurvatureRecord, write_record
@@ -139,7 +140,7 @@ class CurvatureTracker:
         return record
 
     @property
-    def operator(self):
+    def operator(self) -> CurvatureOperator:
         """The curvature operator of the top-k solves (built at the first measurement)."""
         return self._operators().main
 
@@ -236,7 +237,7 @@ class CurvatureTracker:
         )
         return CurvatureRecord.from_dict(box[0])
 
-    def plot(self, path: str | Path | None = None):
+    def plot(self, path: str | Path | None = None) -> Any:
         """Sharpness (with 2/η), trace, layer scores over steps and subspace drift."""
         from curvops.track.plot import plot_records
 

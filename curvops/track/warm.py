@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from curvops.interface import TorchMatmat, torch_matmat
+from curvops.interface import OperatorLike, TorchMatmat, torch_matmat
 from curvops.linalg import ConvergenceWarning, EigenResult, eigsh
 from curvops.linalg.lanczos import select
 from curvops.linalg.lobpcg import lobpcg
@@ -27,7 +27,7 @@ WARM_METHODS = ("lanczos", "lobpcg")
 
 
 def warm_eigsh(
-    op,
+    op: OperatorLike,
     k: int,
     previous: np.ndarray | None,
     which: str = "LA",
@@ -121,7 +121,7 @@ def _finish(theta, X, AX, anorm, tol, which) -> EigenResult:
     )
 
 
-def recompute_residuals(op, res: EigenResult, tol: float) -> int:
+def recompute_residuals(op: OperatorLike, res: EigenResult, tol: float) -> int:
     """‖A v − λ v‖ of ``res`` from one fresh k-column product, in place; ``converged``
     re-tested as ‖A v − λ v‖ <= 2 tol · max |λ| (at least as strict as the solver's test,
     whose scale also takes its ‖A‖ estimate). Returns the products used (k)."""

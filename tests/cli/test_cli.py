@@ -99,7 +99,8 @@ def test_spectrum_hessian_writes_results_and_figures(factory_file, tmp_path, cap
         capsys,
     )
     assert code == 0, err
-    assert "hessian: 43 parameters" in stdout
+    assert stdout.startswith("Sequential: Hessian of CrossEntropyLoss (mean); P = 43 parameters")
+    assert "N = 21 data points, cpu, float32, 1 thread" in stdout.splitlines()[0]
     results = json.loads((out / "results.json").read_text())
     assert results["curvature"] == "hessian" and results["num_params"] == 43
     np.testing.assert_allclose(
@@ -162,15 +163,15 @@ def test_compare_kfac_ekfac(factory_file, tmp_path, capsys):
     assert code == 0, err
     assert "rel. Frobenius error" in stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["exact_name"] == "ggn" and results["method"] == "dense"
+    assert results["exact_name"] == "GGN" and results["method"] == "dense"  # the demo's names
     reports = {a["name"]: a for a in results["approximations"]}
-    assert set(reports) == {"kfac", "ekfac"}
+    assert set(reports) == {"KFAC", "EKFAC"}
     for report in reports.values():
         assert 0 < report["frobenius_error"] < 1
         assert 0 <= report["overlap"] <= 1
         assert set(report["block_errors"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     # EKFAC's eigenvalues are the exact diagonal in KFAC's basis: its trace is the GGN's
-    assert reports["ekfac"]["trace"] == pytest.approx(results["exact_trace"], rel=1e-4)
+    assert reports["EKFAC"]["trace"] == pytest.approx(results["exact_trace"], rel=1e-4)
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
@@ -281,16 +282,19 @@ def test_option_errors_are_one_line(argv, message, capsys):
     assert message in line and "--help" in line
 
 
-def test_unknown_approximation(factory_file, capsys):
-    code, stdout, err = run(["compare", f"{factory_file}:make", "--approx", "kfac,shampoo"], capsys)
-    line = error_line(code, stdout, err)
-    assert "unknown curvature 'shampoo'; choose from hessian, ggn" in line
+def test_unknown_approximation_is_a_usage_error(factory_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", f"{factory_file}:make", "--approx", "kfac,shampoo"])
+    out, err = capsys.readouterr()
+    line = error_line(exit_info.value.code, out, err)
+    assert exit_info.value.code == 2
+    assert "argument --approx: unknown approximation 'shampoo'; choose from kfac, ekfac" in line
 
 
 def test_k_too_large_for_the_model(factory_file, tmp_path, capsys):
     argv = ["spectrum", f"{factory_file}:make", "--k", 500, "--out", tmp_path, "--no-progress"]
     line = error_line(*run(argv, capsys))
-    assert "k must be an integer with 0 < k < P = 43; got k=500" in line
+    assert "--k 500 is not below P = 43, the number of parameters analysed" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
@@ -320,7 +324,8 @@ def test_unexpected_error_names_its_type_and_traceback_shows_it(tmp_path, capsys
 
 
 def test_help(capsys):
-    for argv in (["--help"], ["demo", "--help"], ["spectrum", "--help"], ["compare", "--help"]):
+    commands = ("demo", "spectrum", "compare", "track", "diff")
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 0

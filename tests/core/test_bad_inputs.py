@@ -196,10 +196,10 @@ def test_model_with_non_tensor_output(cls):
             self.lin = nn.Linear(4, 3)
 
         def forward(self, x):
-            return {"logits": self.lin(x)}
+            return {"scores": self.lin(x)}  # no "logits": not a ModelOutput-like output
 
     _, loss_fn, data = make_problem("mlp_tanh", "ce")
-    with pytest.raises(TypeError, match="returned a dict.*tensor output: wrap the model"):
+    with pytest.raises(TypeError, match=r"returned a dict.*tensor output \(or one with .logits"):
         _product_or_build(cls, DictOut().double(), loss_fn, data)
 
 
@@ -293,61 +293,55 @@ def test_non_deterministic_model_detected():
 
 # ---------------------------------------------------------------- KFAC / EKFAC
 @pytest.mark.parametrize("cls", [curvops.KFACOperator, curvops.EKFACOperator])
-def test_layer_unsupported_by_kfac(cls):
+def test_layer_without_kronecker_structure_refused_only_with_fallback_error(cls):
     model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
     _, loss_fn, data = make_problem("mlp_tanh", "ce")
-    with pytest.raises(ValueError, match=r"module '1' \(LayerNorm\).*supports only .*params="):
-        cls(model, loss_fn, data)
-    grouped = nn.Sequential(nn.Conv2d(2, 2, 1, groups=2)).double()
-    with pytest.raises(ValueError, match=r"Conv2d with groups=2.*params= without"):
-        cls(grouped, loss_fn, data)
+    with pytest.raises(ValueError, match=r"'1.weight' of '1' \(LayerNorm\).*fallback='error'"):
+        cls(model, loss_fn, data, fallback="error")
+    assert cls(model, loss_fn, data).structures["1.weight"] == "exact"
+    grouped = nn.Sequential(nn.Conv2d(4, 2, 1, groups=2), nn.Flatten()).double()
+    data = [(torch.randn(3, 4, 1, 1, dtype=torch.float64), torch.randint(0, 2, (3,)))]
+    assert set(cls(grouped, loss_fn, data, fallback="error").structures.values()) == {"kronecker"}
 
 
-class Tied(nn.Module):
-    """An encoder and decoder sharing one weight."""
+class TiedAcrossKinds(nn.Module):
+    """An embedding tied with a Linear head: no Kronecker pair fits both uses."""
 
     def __init__(self):
         super().__init__()
-        self.enc, self.dec = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
-        self.dec.weight = self.enc.weight
+        self.embed, self.head = nn.Embedding(4, 3), nn.Linear(3, 4, bias=False)
+        self.head.weight = self.embed.weight
 
-    def forward(self, x):
-        return self.dec(torch.tanh(self.enc(x)))
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embed(ids)))
 
 
-class Twice(nn.Module):
-    """One layer applied twice per forward pass."""
+class Functional(nn.Module):
+    """A layer whose weight is also multiplied outside its own call."""
 
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 4)
 
     def forward(self, x):
-        return self.lin(torch.tanh(self.lin(x)))
+        return self.lin(x) + x @ self.lin.weight.T
 
 
 @pytest.mark.parametrize("cls", [curvops.KFACOperator, curvops.EKFACOperator])
-def test_weight_tying_refused_naming_the_module(cls):
-    X = torch.randn(6, 4, dtype=torch.float64)
-    data = [(X, torch.randn(6, 4, dtype=torch.float64))]
-    with pytest.raises(ValueError, match="'enc.weight' is shared by modules 'enc' and 'dec'"):
-        cls(Tied().double(), nn.MSELoss(), data)
-    with pytest.raises(ValueError, match="module 'lin' .*called more than once"):
-        cls(Twice().double(), nn.MSELoss(), data)
+def test_weight_tying_refused_only_without_a_consistent_block(cls):
+    ids = torch.randint(0, 4, (6,))
+    data = [(ids, torch.randn(6, 4, dtype=torch.float64))]
+    with pytest.raises(ValueError, match="'embed.weight'.*shared by Embedding 'embed'.*Linear"):
+        cls(TiedAcrossKinds().double(), nn.MSELoss(), data, fallback="error")
+    assert cls(TiedAcrossKinds().double(), nn.MSELoss(), data).structures == {
+        "embed.weight": "exact"
+    }
 
 
-def test_module_never_called():
-    class Unused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.used, self.spare = nn.Linear(4, 3), nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.used(x)
-
-    _, loss_fn, data = make_problem("mlp_tanh", "ce")
-    with pytest.raises(ValueError, match="module 'spare' was never called.*params="):
-        curvops.KFACOperator(Unused().double(), loss_fn, data)
+def test_parameter_used_where_no_hook_sees_it():
+    data = [(torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64))]
+    with pytest.raises(ValueError, match="'lin.weight'.*used where curvops sees no call.*params="):
+        curvops.KFACOperator(Functional().double(), nn.MSELoss(), data)
 
 
 # ---------------------------------------------------------------- options

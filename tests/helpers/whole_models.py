@@ -42,7 +42,9 @@ def _token_batches(sizes, seed: int, pad: bool, shift: bool, ignore: bool = Fals
         labels = torch.randint(1, VOCAB, (B, SEQ), generator=gen)
         if ignore:
             labels = torch.where(mask.bool(), labels, torch.full_like(labels, -100))
-        data.append(({"input_ids": ids, "attention_mask": mask}, labels[:, 1:] if shift else labels))
+        data.append(
+            ({"input_ids": ids, "attention_mask": mask}, labels[:, 1:] if shift else labels)
+        )
     return data
 
 
@@ -155,7 +157,10 @@ def small_resnet(sizes=(3, 2), seed: int = 0):
     _randomize(model)
     gen = torch.Generator().manual_seed(seed + 1)
     data = [
-        (torch.randn(B, 2, 4, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (B,), generator=gen))
+        (
+            torch.randn(B, 2, 4, 4, generator=gen, dtype=torch.float64),
+            torch.randint(0, 3, (B,), generator=gen),
+        )
         for B in sizes
     ]
     return model, nn.CrossEntropyLoss(), data
@@ -183,7 +188,9 @@ def conv1d_text(sizes=(3, 2), seed: int = 0):
     gen = torch.Generator().manual_seed(seed + 1)
     data = []
     for X, _ in _token_batches(sizes, seed + 1, pad=True, shift=False):
-        data.append((X["input_ids"], torch.randint(0, 3, (X["input_ids"].shape[0],), generator=gen)))
+        data.append(
+            (X["input_ids"], torch.randint(0, 3, (X["input_ids"].shape[0],), generator=gen))
+        )
     return model, nn.CrossEntropyLoss(), data
 
 

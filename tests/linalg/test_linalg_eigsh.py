@@ -121,7 +121,7 @@ def test_seed_and_v0(backend):
     ],
 )
 def test_non_convergence_warns_and_returns_partial_result(backend, options):
-    with pytest.warns(ConvergenceWarning, match=r"of 5 eigenpairs converged.*max_iter"):
+    with pytest.warns(ConvergenceWarning, match=r"of 5 eigenpairs did not converge.*max_iter"):
         res = eigsh(D, k=5, which="SA", tol=1e-12, backend=backend, **options)
     assert res.eigenvalues.shape == (5,) and res.eigenvectors.shape == (D.shape[0], 5)
     assert not res.all_converged

@@ -147,7 +147,7 @@ def test_to_dict_and_figures(problem, top, tmp_path):
     assert len(d["loss"]) == 41
     fig = one.plot(tmp_path / "one.png")
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "t along $v_1$" and "Sequential" in ax.get_title()
+    assert ax.get_xlabel() == "$t$ along $v_1$" and "Sequential" in ax.get_title()
     assert len(ax.lines) >= 3  # loss, quadratic, t = 0
     left, right = one.departure()
     assert left < 0 < right  # the quadratic model fails somewhere on both sides here

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import curvops
-from curvops.report.records import decode, encode, same
+from curvops.core.records import decode, encode, same
 
 
 def test_save_then_load_gives_an_equal_report_with_eigenvectors(tmp_path, report):
@@ -102,3 +102,17 @@ def test_records_round_trip_arrays_bools_nan_and_nested_dataclasses():
     assert same(back, result) and back.converged.dtype == bool
     assert np.signbit(back.eigenvalues[1])  # -0.0 survives
     assert not same(back, curvops.EigenResult(**{**vars(result), "n_matvecs": 8}))
+
+
+def test_landscapes_round_trip_and_get_their_figure(tmp_path, problem):
+    pytest.importorskip("matplotlib")
+    from conftest import analyze
+
+    report = analyze(*problem, parts=["top", "landscape"], slices=2)
+    folder = report.save(tmp_path / "r", vectors=False)
+    assert (folder / "landscape.png").stat().st_size > 10_000
+    loaded = curvops.Report.load(folder)
+    assert loaded.landscapes == report.landscapes and len(loaded.landscapes) == 2
+    report.landscapes = []
+    report.save(folder, vectors=False)  # a later save without them removes the figure
+    assert not (folder / "landscape.png").exists()

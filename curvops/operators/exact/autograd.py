@@ -35,7 +35,11 @@ def _batched(outputs, inputs, grads, k: int) -> list[torch.Tensor]:
     try:
         return _fill(_grad(outputs, inputs, grads, True), inputs, k)
     except RuntimeError as err:  # an op without a batching rule: loop instead
-        warnings.warn(f"batched backward unavailable ({err}); looping over columns", stacklevel=3)
+        warnings.warn(
+            f"batched backward unavailable ({err}); looping over columns (same numbers, "
+            "slower): build the operator with column_mode='per_column' to skip the attempt",
+            stacklevel=3,
+        )
         return batched_grad(outputs, inputs, grads, 1)
 
 

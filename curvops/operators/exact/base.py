@@ -8,10 +8,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from curvops.core.memory import auto_budget_mib
 from curvops.core.options import ColumnMode, check_choice
 from curvops.operators.base import CurvatureOperator
-from curvops.operators.exact.columns import ColumnPlan
+from curvops.operators.exact.columns import ColumnPlan, device_of
 from curvops.operators.exact.graph_cache import GraphCache
+
+
+def active_blocks(M: torch.Tensor, slices: list[slice]) -> list[bool]:
+    """Per block: does M (P,) or (P, k) have a nonzero (or NaN) entry in its slice? One
+    host sync. A block whose directions are all zero has the product A_bb 0 = 0."""
+    if len(slices) == 1:
+        return [True]
+    return torch.stack([M[s].ne(0).any() for s in slices]).tolist()
 
 
 def filled(parts: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -25,7 +34,11 @@ class ExactOperator(CurvatureOperator):
     """A curvature whose products run through per-batch autograd graphs, kept between
     products by a ``GraphCache`` and split over the columns of a matmat by a ``ColumnPlan``.
 
-    ``graph_cache_mib``: MiB of per-batch graphs kept between products (0 turns it off).
+    ``graph_cache_mib``: MiB of per-batch graphs kept between products (0 turns it off);
+    None (the default): ``AUTO_FRACTION`` (1/4) of the device's available memory when the
+    operator is built (``curvops.core.memory``). The same budget bounds the batches of a
+    DataLoader kept on the device after the first product (``curvops.core.data.DataLoop``):
+    later products replay them instead of reading the loader, so their graphs are reused.
     ``column_mode``: "rule" (fixed by model type and size, see ``ColumnPlan``), "per_column",
     "batched" or "auto" (timed once). Other arguments: see ``CurvatureOperator``.
     """
@@ -37,16 +50,33 @@ class ExactOperator(CurvatureOperator):
         data: Iterable,
         *,
         chunk_size: int | None = None,
-        graph_cache_mib: float = 1024.0,
+        graph_cache_mib: float | None = None,
         column_mode: ColumnMode = "rule",
         **kwargs: Any,
     ) -> None:
         check_choice("column_mode", column_mode, ColumnMode)
+        if graph_cache_mib is None:
+            graph_cache_mib = auto_budget_mib(device_of(model))
         self._cache = GraphCache(graph_cache_mib)
         self._columns: list = []  # the contiguous copy of the current product's directions
+        self._active: list[bool] = []  # per block: nonzero directions in this product
         num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self._plan = ColumnPlan.for_model(column_mode, model, chunk_size, num_params)
+        budget = auto_budget_mib(device_of(model)) * 2**20  # a batched matmat's working memory
+        self._plan = ColumnPlan.for_model(column_mode, model, chunk_size, num_params, budget)
         super().__init__(model, loss_fn, data, chunk_size=chunk_size, **kwargs)
+
+    def _live_blocks(self) -> list[tuple[int, ...]]:
+        """The blocks with nonzero directions in this product (the others' products are 0)."""
+        active = self._active or [True] * len(self.layout.blocks)
+        return [block for block, on in zip(self.layout.blocks, active) if on]
+
+    def _zero_parts(self, Vs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Per parameter: zeros where its block has no nonzero direction, else None (to fill)."""
+        live = {i for block in self._live_blocks() for i in block}
+        return [None if i in live else torch.zeros_like(v) for i, v in enumerate(Vs)]
+
+    def _kept_data_bytes(self) -> float:
+        return self._cache.budget if self._cache.enabled else 0.0
 
     def _forget_cached_passes(self) -> None:
         self._cache.clear()
@@ -61,10 +91,16 @@ class ExactOperator(CurvatureOperator):
         return self._product(M)
 
     def _product(self, M: torch.Tensor) -> torch.Tensor:
-        """One data pass with the cache checked against the model's token first."""
+        """One data pass with the cache checked against the model's token first; blocks
+        whose directions are all zero are skipped (their product is 0), all of them: no pass."""
+        self._active = active_blocks(M, self.layout.block_slices)
+        if not any(self._active):
+            self._active = []
+            return torch.zeros_like(M)
         self._cache.begin_pass(self._token)
         try:
             return self._data_pass(M)
         finally:
             self._cache.end_pass()
             self._columns.clear()
+            self._active = []

@@ -8,6 +8,10 @@ normalisation layers and attention. So: batched on CUDA, and on the CPU for mode
 ``BATCHED_MAX_PARAMS`` parameters without conv / norm / attention modules; otherwise one
 product per column once every batch's graph is cached (no (k, P) accumulators, nothing
 recomputed). "auto" times the two once, on the first matmat with >= 3 cached columns.
+A batched matmat without ``chunk_size`` runs c columns per data pass, c = max(1,
+⌊budget / (4 P s + g)⌋) (s the itemsize, g the largest cached batch graph, 0 before one is
+cached; budget: 1/4 of the available memory, ``curvops.core.memory``), so its working
+memory beyond M and the result stays within the budget whatever k is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from curvops.core.options import ColumnMode
+from curvops.operators.chunks import by_chunks
 from curvops.operators.exact.graph_cache import GraphCache
 
 Product = Callable[[torch.Tensor], torch.Tensor]
@@ -52,14 +57,32 @@ class ColumnPlan:
     ``step(k)`` tells the product running now how many columns to batch.
     """
 
-    def __init__(self, batched: bool | None, chunk_size: int | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        batched: bool | None,
+        chunk_size: int | None,
+        device: torch.device,
+        column_bytes: float = 0.0,
+        budget: float = float("inf"),
+    ) -> None:
         self.chunk_size, self.device = chunk_size, device
         self.batched = batched  # None: "auto", not decided yet
+        self.column_bytes, self.budget = column_bytes, budget  # 4 P s; the matmat budget
         self._step: int | None = None
+
+    def columns_per_pass(self, k: int, graph_bytes: float) -> int:
+        """c = max(1, ⌊budget / (4 P s + g)⌋) columns of a batched matmat per data pass."""
+        per_column = self.column_bytes + graph_bytes
+        return k if per_column <= 0 else max(1, min(k, int(self.budget // per_column)))
 
     @classmethod
     def for_model(
-        cls, mode: ColumnMode, model: nn.Module, chunk_size: int | None, num_params: int
+        cls,
+        mode: ColumnMode,
+        model: nn.Module,
+        chunk_size: int | None,
+        num_params: int,
+        budget: float = float("inf"),
     ) -> ColumnPlan:
         device = device_of(model)
         batched = {
@@ -68,7 +91,8 @@ class ColumnPlan:
             "batched": True,
             "auto": None,
         }[mode]
-        return cls(batched, chunk_size, device)
+        itemsize = next((p.element_size() for p in model.parameters()), 4)
+        return cls(batched, chunk_size, device, 4.0 * num_params * itemsize, budget)
 
     def step(self, k: int) -> int:
         if self.chunk_size is not None:
@@ -80,6 +104,8 @@ class ColumnPlan:
     def matmat(self, product: Product, M: torch.Tensor, cache: GraphCache) -> torch.Tensor:
         """``product(M)`` for M (P,) or (P, k), split as planned."""
         k = 1 if M.ndim == 1 else M.shape[1]
+        if k > 1 and self.chunk_size is None and self.batched:
+            return by_chunks(product, M, self.columns_per_pass(k, cache.largest))
         if k == 1 or self.chunk_size is not None or not cache.enabled or self.batched:
             return product(M)
         first = product(M[:, 0].contiguous())  # fills the cache

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vmap
+from torch.func import jvp, vmap
 
 from curvops.core import checks
 from curvops.core.checks import check_count
@@ -48,9 +48,11 @@ class GGNOperator(ExactOperator):
             batched pass (memory: see ``CurvatureOperator``); None: as ``column_mode`` says
             (see ``curvops.operators.exact.columns.ColumnPlan``).
         graph_cache_mib: each batch's output graph is kept between products, up to this
-            many MiB, while the parameters, buffers, module modes and data tensors stay the
-            same (checked on every product; 0 turns it off). A product then needs no forward
-            pass with jvp="reverse", and never a new graph for Jᵀ U.
+            many MiB (None: 1/4 of the device's available memory, see ``ExactOperator``),
+            while the parameters, buffers, module modes and data tensors stay the same
+            (checked on every product; 0 turns it off). A product then needs no forward
+            pass with jvp="reverse", and never a new graph for Jᵀ U. A DataLoader's batches
+            are kept within the same budget (reuse from the second product on).
         on_stale: "recompute" (default: products follow the parameters' current values) or
             "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
     ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss (class weights, ignore_index, label
@@ -86,10 +88,12 @@ class GGNOperator(ExactOperator):
 
     def _batch_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
         Vs = contiguous_columns(self._columns, Vs)
+        out = self._zero_parts(Vs)
+        if not self._live_blocks():
+            return filled(out)
         with torch.enable_grad():
             graph = self._graph(batch)
-        out: list[torch.Tensor | None] = [None] * len(Vs)
-        for block in self.layout.blocks:
+        for block in self._live_blocks():
             vs = [Vs[i] for i in block]
             JV = self._jacobian_matmat(graph, batch, block, vs)  # (k, *f.shape)
             HJV = self._output_matmat(graph.f.detach(), batch, JV)
@@ -177,7 +181,7 @@ class GGNOperator(ExactOperator):
         primals = tuple(self.layout.params[i].detach() for i in block)
 
         def output_of(*ps):
-            return functional_call(self.model, dict(zip(names, ps)), (batch.X,))
+            return self._functional_forward(dict(zip(names, ps)), batch.X)
 
         return vmap(lambda *v: jvp(output_of, primals, v)[1])(*vs)
 

@@ -4,8 +4,10 @@ An entry is one batch's graph (e.g. its loss gradient built with ``create_graph=
 Entries are valid while (1) the model's ``ModelWatch`` token is the one they were built
 under (parameters, buffers, modules, attributes, hooks and modes: see
 ``curvops.core.watch``; compared once per product) and (2) the data yields the very same
-tensor objects, unmodified (version counters), at each index.
-A DataLoader yields new tensors every pass: the first such miss turns the cache off.
+tensor objects, unmodified (version counters), at each index. A DataLoader's batches are
+such objects once the data loop keeps them (``curvops.core.data.DataLoop``, within the same
+budget): from the second product on. Data that still yield new tensors every pass (a
+loader too large to keep) turn the cache off at the first such miss.
 Entries are kept only up to a memory budget; batches beyond it are recomputed each time.
 """
 
@@ -31,6 +33,7 @@ class GraphCache:
         self.budget = budget_mib * 2**20
         self.enabled = budget_mib > 0
         self.used = 0
+        self.largest = 0  # bytes of the largest batch graph measured (the column plan's g)
         self.entries: dict[int, tuple[list, Any]] = {}
         self.token: Token | None = None
         self.complete = False  # the last product found or stored every batch's graph
@@ -64,6 +67,7 @@ class GraphCache:
         if not self.enabled:
             return fn()
         value, nbytes = _with_graph_size(fn, [*exclude, *_tensors(batch)])
+        self.largest = max(self.largest, nbytes)
         if self.used + nbytes <= self.budget:
             self.entries[batch.index] = (_tensors(batch), value)
             self.used += nbytes
@@ -78,12 +82,19 @@ class GraphCache:
 
 
 def _tensors(batch: Batch) -> list:
-    """The batch's tensors with their version counters (identity + in-place changes)."""
-    items = []
-    for obj in (batch.X, batch.y):
-        values = obj.values() if isinstance(obj, Mapping) else [obj]
-        items += [(t, t._version) for t in values if isinstance(t, torch.Tensor)]
-    return items
+    """The batch's tensors with their version counters (identity + in-place changes), at
+    any depth of mappings, lists and tuples."""
+    return [(t, t._version) for t in _leaves(batch.X) + _leaves(batch.y)]
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _leaves(v)]
+    return []
 
 
 def _same_tensors(old: list, new: list) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from curvops.core.data import Batch
 from curvops.core.options import HvpMethod, check_choice
@@ -30,11 +30,14 @@ class HessianOperator(ExactOperator):
     ``on_stale``: "recompute" (default: products follow the parameters' current values) or
     "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
     ``graph_cache_mib``: double backward keeps each batch's gradient graph between products,
-    up to this many MiB, while the parameters, buffers, module modes and data tensors stay
-    the same (checked on every product; 0 turns it off). A product then costs one second
-    backward per batch instead of a forward, a backward and a second backward; a matmat
-    with a complete cache runs as one product per column.
-    With ``blocks`` each block multiplies only its own slice: H_bb v_b, no cross terms.
+    up to this many MiB (None: 1/4 of the device's available memory, see ``ExactOperator``),
+    while the parameters, buffers, module modes and data tensors stay the same (checked on
+    every product; 0 turns it off). A product then costs one second backward per batch
+    instead of a forward, a backward and a second backward; a matmat with a complete cache
+    runs as one product per column. A DataLoader's batches are kept within the same budget,
+    so it gets the same reuse as a list from the second product on.
+    With ``blocks`` each block multiplies only its own slice: H_bb v_b, no cross terms; a
+    block whose directions are all zero costs nothing (its second backward is skipped).
     Other keyword arguments: see ``CurvatureOperator``.
     """
 
@@ -64,11 +67,13 @@ class HessianOperator(ExactOperator):
 
     def _hessian_matmat(self, batch: Batch, Vs: list[torch.Tensor]) -> list[torch.Tensor]:
         Vs = contiguous_columns(self._columns, Vs)
-        out: list[torch.Tensor | None] = [None] * len(Vs)
+        out = self._zero_parts(Vs)
+        if not self._live_blocks():
+            return filled(out)
         if self.hvp == "double_backward":
             self._double_backward(batch, Vs, out)
         else:
-            for block in self.layout.blocks:
+            for block in self._live_blocks():
                 for i, r in zip(block, self._forward_over_reverse(batch, block, Vs)):
                     out[i] = r
         return filled(out)
@@ -80,7 +85,7 @@ class HessianOperator(ExactOperator):
             grads = self._cache.get(batch)
             if grads is None:
                 grads = self._cache.build(batch, lambda: self._loss_grads(batch), params)
-            for block in self.layout.blocks:
+            for block in self._live_blocks():
                 ps = [params[i] for i in block]
                 pairs = [
                     (grads[i], Vs[i])
@@ -107,7 +112,7 @@ class HessianOperator(ExactOperator):
         primals = tuple(self.layout.params[i].detach() for i in block)
 
         def loss_of(*ps):
-            output = functional_call(self.model, dict(zip(names, ps)), (batch.X,))
+            output = self._functional_forward(dict(zip(names, ps)), batch.X)
             self._check_targets(output, batch.y)
             return self.loss_fn(output, batch.y)
 

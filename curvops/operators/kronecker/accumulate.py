@@ -3,8 +3,8 @@
 Per batch: a forward pass with hooks (each use's inputs go to its layers' A as it happens
 and are dropped unless a fallback block needs them), then one backward per output vector
 (each use's b to its layers' G and, through per-example products, to the fallback blocks).
-The first batch also checks that the uses account for every parameter's gradient
-(``accounting``). forward-only has no vectors: G = I, and a fallback block is fed by the
+Before the first batch, a few of its points check that the uses account for every
+parameter's gradient (``accounting``). forward-only has no vectors: G = I, and a fallback block is fed by the
 unit vectors at its uses' outputs (Σ Jᵀ J / (N R)).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from curvops.core.data import Batch
-from curvops.operators.kronecker.accounting import check_accounted
+from curvops.operators.kronecker.accounting import check_batch
 from curvops.operators.kronecker.capture import BatchCollector
 from curvops.operators.kronecker.factors import LayerSums
 from curvops.operators.kronecker.fallback import (
@@ -25,6 +25,7 @@ from curvops.operators.kronecker.fallback import (
     use_grads,
 )
 from curvops.operators.kronecker.hooks import Use
+from curvops.operators.kronecker.norms import closed_form
 from curvops.operators.kronecker.tying import Plan
 
 STACK = 64  # output vectors stacked per vector-Jacobian batch of a fallback block
@@ -48,26 +49,33 @@ class FactorPass:
         like = params[0]
         self.layers = [LayerSums(lay, like, forward_only) for lay in plan.layers]
         self.fallbacks = [FallbackSums(fb, like) for fb in plan.fallbacks]
-        self._keep_inputs = False
         self._pending: dict[int, list] = {}  # use index -> its waiting chunk entries
+        self._vmapped: set[int] = set()
         self._stacked = 0
 
     def run(self, batches, weight: Callable[[Batch], float]) -> None:
         checked = False
         for batch in batches:
-            self._keep_inputs = not checked  # the check needs every use's inputs
-            bp = self.collector(batch, weight(batch), max_columns=1, on_use=self._on_use)
             if not checked:
-                check_accounted(bp.f, bp.uses, self.params, self.names)
+                check_batch(self.collector, batch, self.params, self.names)
                 checked = True
-                for use in bp.uses:
-                    if not self.plan.fallback_targets(use):
-                        use.a = None
-            for entries in bp.chunks:
-                self._add_chunk(bp.uses, entries)
-            self._flush(bp.uses)
-            if self.forward_only:
-                self._add_units(bp.uses)
+            self._batch(batch, weight(batch))
+
+    def _batch(self, batch: Batch, w: float) -> None:
+        """One batch (its graph dies on return, before the next forward pass)."""
+        bp = self.collector(batch, w, max_columns=1, on_use=self._on_use)
+        self._vmapped = {
+            j
+            for use in bp.uses
+            if use.role is None and not closed_form(use.module)
+            for j in self.plan.fallback_targets(use)
+        }  # blocks with a module whose products are vmapped: their vectors are stacked
+        for entries in bp.chunks:
+            self._add_chunk(bp.uses, entries)
+            del entries  # freed before the next vector's backward pass
+        self._flush(bp.uses)
+        if self.forward_only:
+            self._add_units(bp.uses)
 
     def _on_use(self, use: Use) -> None:
         """In the forward pass: the inputs into A, then dropped unless still needed."""
@@ -75,17 +83,31 @@ class FactorPass:
             for i, _, feeds_a in self.plan.layer_targets(use):
                 if feeds_a:
                     self.layers[i].add_inputs(use, self.approx)
-        if not self._keep_inputs and not self.plan.fallback_targets(use):
-            use.a = None
+        if not self.plan.fallback_targets(use):
+            use.drop_inputs()
 
     def _add_chunk(self, uses: list[Use], entries: list) -> None:
-        """One vector: b into the layers' G; fallback blocks' entries wait for ``_flush``."""
+        """One vector: b into the layers' G and the fallback blocks (summed over a block's
+        uses per point); the entries of vmapped blocks wait for ``_flush``."""
+        per_block: dict[int, list[dict]] = {}
         for k, (use, entry) in enumerate(zip(uses, entries)):
             if use.role is not None:
                 for i, rows, _ in self.plan.layer_targets(use):
                     self.layers[i].add_grads(entry, rows, self.approx)
-            if self.plan.fallback_targets(use):
+            targets = self.plan.fallback_targets(use)
+            if any(j in self._vmapped for j in targets):
                 self._pending.setdefault(k, []).append(entry)
+                continue
+            if targets:  # one product for all of the use's blocks
+                wanted = {pid: p for j in targets for pid, p in self.fallbacks[j].params.items()}
+                grads = use_grads(use, entry, wanted)
+                for j in targets:
+                    mine = self.fallbacks[j].params
+                    per_block.setdefault(j, []).append(
+                        {k: g for k, g in grads.items() if k in mine}
+                    )
+        for j, grads in per_block.items():
+            self.fallbacks[j].add(grads)
         self._stacked += 1
         if self._stacked >= STACK:
             self._flush(uses)
@@ -96,10 +118,11 @@ class FactorPass:
         per_block: dict[int, list[dict]] = {}
         for k, entries in self._pending.items():
             use = uses[k]
-            if use.role is None:
-                stacked = [torch.cat(gs, dim=0) for gs in zip(*entries)]
-            else:
-                stacked = torch.cat(entries, dim=0)
+            stacked: list[torch.Tensor] | torch.Tensor = (
+                [torch.cat(gs, dim=0) for gs in zip(*entries)]
+                if use.role is None
+                else torch.cat(entries, dim=0)
+            )
             for j in self.plan.fallback_targets(use):
                 grads = use_grads(use, stacked, self.fallbacks[j].params)
                 per_block.setdefault(j, []).append(grads)

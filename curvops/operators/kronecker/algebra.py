@@ -65,8 +65,8 @@ class SymFactor:
         a diagonal factor: (its entries, None). λ below n·eps·max λ is exactly 0."""
         if self._eig is None:
             values, Q = self._compute_eig()
-            tol = values.shape[-1] * torch.finfo(values.dtype).eps
-            tol = tol * values.abs().amax(dim=-1, keepdim=True)
+            eps = values.shape[-1] * torch.finfo(values.dtype).eps
+            tol = eps * values.abs().amax(dim=-1, keepdim=True)
             self._eig = (torch.where(values > tol, values, torch.zeros_like(values)), Q)
         return self._eig
 

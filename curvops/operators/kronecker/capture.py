@@ -67,6 +67,17 @@ class BatchCollector:
         if fisher == "mc":
             loss.check_sampling()
         self.max_columns = max_columns
+        self.clone = False  # set by ``needs_clones`` when the model modifies outputs in place
+
+    def needs_clones(self, batch: Batch) -> bool:
+        """One forward pass of ``batch`` (no side effects): does the model modify a recorded
+        output in place? If so, every later pass hands clones on (``clone``)."""
+        capture = Capture(self.sites, batch.size, clone=False)
+        with torch.enable_grad(), capture.active(), self.forward_context():
+            self.forward(batch.X)
+        self.clone = self.clone or capture.modified()
+        capture.take_uses()
+        return self.clone
 
     def __call__(
         self,
@@ -74,19 +85,30 @@ class BatchCollector:
         weight: float,
         max_columns: int | None = None,
         on_use: Callable[[Use], None] | None = None,
+        layers_only: bool = False,
     ) -> BatchPass:
         """One batch's pass; ``max_columns`` overrides the chunk size (1: no stacking of the
         per-vector gradients, the cheapest when each chunk is summed anyway); ``on_use(use)``
         sees each use during the forward pass (and may drop its inputs, so that a batch's
-        inputs never all live at once)."""
-        capture = Capture(self.sites, batch.size, on_use)
+        inputs never all live at once); ``layers_only``: no fallback module is hooked."""
+        sites = self.sites
+        if layers_only:
+            sites = Sites(sites.layers, sites.attention, sites.functional, [])
+        capture = Capture(sites, batch.size, on_use, clone=self.clone)
         with capture.active(), torch.enable_grad(), self.forward_context():
             f = tensor_output(self.forward(batch.X), "KFAC")
+        if capture.modified():
+            raise RuntimeError(
+                "a layer's output was modified in place in this batch's forward pass but not "
+                "in the first one's (a data-dependent in-place operation): KFAC cannot tell "
+                "its output gradients. Make the operation out of place"
+            )
+        uses = capture.take_uses()
         self.loss.check_targets(f, batch.y)
         if self.fisher == "forward-only":
-            return BatchPass(capture.uses, f, iter(()))
+            return BatchPass(uses, f, iter(()))
         U = self.vectors(f.detach(), batch, weight, max_columns or self.max_columns)
-        return BatchPass(capture.uses, f, self._chunks(f, capture.uses, U))
+        return BatchPass(uses, f, self._chunks(f, uses, U))
 
     def _chunks(self, f: torch.Tensor, uses: list[Use], columns) -> Iterator[list]:
         outputs = [o for use in uses for o in use.outputs]

@@ -7,11 +7,19 @@ bt (K, B, R, D₂): output vectors in the basis of G; at (B, R, D₁): inputs in
   groups g:     the same per group, bt (K, B, R, g, d₂), at (B, R, g, d₁) -> E (g, d₂, d₁)
   embedding:    Q_A = I and a = one-hot ids: E[:, v] = Σ_{n,k} (Σ_{r: id_nr = v} bt_nrk)²,
                 a scatter over the (point, token) pairs present (memory B·R·D, never B·V·D)
+  lean (conv):  E = Σ_{k,n} (Q_Gᵀ g_nk Q_A)² with g_nk = Σ_r b aᵀ from patches unfolded
+                again per vector, a few points at a time, from the layer's input (which
+                autograd keeps anyway): no batch of patches is held (``layers.PATCH_BUDGET``)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+
+from curvops.operators.kronecker.layers import augment, patch_chunks
 
 
 def rotate(b: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,9 @@ def embedding_correction(
     """E (D, V) for bt (K, B, R, D) and token ids (B, R): per (point, token) the sum of the
     rotated vectors at its positions, squared, summed over points and vectors."""
     K, B, R, D = bt.shape
-    keep = (ids != padding_idx) if padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
+    keep = (
+        (ids != padding_idx) if padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
+    )
     point = torch.arange(B, device=ids.device).unsqueeze(1).expand(B, R)
     keys = (point * vocab + ids)[keep]  # (M,)
     unique, inverse = torch.unique(keys, return_inverse=True)
@@ -82,3 +92,43 @@ def embedding_correction(
     sums = vectors.new_zeros(unique.shape[0], K, D).index_add_(0, inverse, vectors)
     E = bt.new_zeros(D, vocab)
     return E.index_add_(1, unique % vocab, sums.square().sum(1).T)
+
+
+@dataclass
+class LeanInput:
+    """A conv use's input x (B, C, *spatial), for ``lean_correction``."""
+
+    x: torch.Tensor
+    module: Any
+    joint: bool
+    groups: int
+
+
+def lean_correction(b: torch.Tensor, inp: LeanInput, QG: torch.Tensor, QA: torch.Tensor):
+    """E (D₂, D₁) ((g, d₂, d₁) grouped) from unrotated b (K, B, R, D₂) and fresh patches."""
+    K, B, R, D2 = b.shape
+    g = inp.groups
+    E: torch.Tensor | None = None
+    for s, a in patch_chunks(inp.module, inp.x):
+        n = a.shape[0]
+        a = a.reshape(n, R, g, -1) if g > 1 else a
+        a = augment(a) if inp.joint else a
+        for bk in b[:, s : s + n]:
+            if g == 1:
+                grad = bk.transpose(1, 2) @ a  # (n, D₂, D₁) per-example gradients
+            else:
+                grad = torch.einsum("nrgi,nrgj->ngij", bk.reshape(n, R, g, D2 // g), a)
+            part = (QG.transpose(-1, -2) @ grad @ QA).square().sum(0)
+            E = part if E is None else E + part
+    assert E is not None
+    return E
+
+
+def bias_correction(b: torch.Tensor, Q: torch.Tensor, groups: int) -> torch.Tensor:
+    """A separate bias's E (D₂, 1) ((g, d₂, 1)): Σ_{k,n} (Q_Gᵀ Σ_r b_knr)², the positions
+    summed before the rotation (no rotated copy of b)."""
+    s = b.sum(dim=2)  # (K, B, D₂)
+    if groups == 1:
+        return (s @ Q).square().sum(dim=(0, 1)).unsqueeze(-1)
+    sg = s.reshape(s.shape[0], s.shape[1], groups, -1)
+    return torch.einsum("kbgi,gij->kbgj", sg, Q).square().sum(dim=(0, 1)).unsqueeze(-1)

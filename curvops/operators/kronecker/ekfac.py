@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curvops.core.eigh import refresh_eigenbasis
+from curvops.core.eigh import eigh_with_fallback, refresh_eigenbasis
 from curvops.core.options import Correction, EigenbasisMethod, check_choice
 from curvops.distributed import all_reduce_sum_many
 from curvops.operators.kronecker.eigencorrection import CorrectionPass
@@ -82,17 +82,21 @@ class EKFACOperator(KFACOperator):
              _basis(A, oa, method, steps, lay.embedding) if A is not None else None)
             for lay, G, A, (og, oa) in zip(self.layers, self.G, self.A, old)
         ]  # fmt: skip
+        self._drop_factors()  # before the correction pass: its peak memory is EKFAC's
         self.E = self._eigencorrection()
         self._build_blocks(self.E, self._bases)
         self._mark_fresh()
 
     def _eigencorrection(self) -> list[list[torch.Tensor]]:
         """E per layer and block (weight or joint first, then a separate bias), summed over data."""
-        shapes, names = [], []
+        shapes: list[list[tuple[int, ...]]] = []
+        names: list[list[str]] = []
         for i, layer in enumerate(self.layers):
             parts = self._layer_parts(i, layer)
             g, d2 = layer.groups, layer.out_dim // layer.groups
-            shapes.append([(g, d2, A.size) if g > 1 else (layer.out_dim, A.size) for _, A, _ in parts])
+            shapes.append(
+                [(g, d2, A.size) if g > 1 else (layer.out_dim, A.size) for _, A, _ in parts]
+            )
             names.append([self.layout.names[params[0]] for params, _, _ in parts])
         run = CorrectionPass(
             self.plan, self._collector, self._bases, shapes, self.correction, names,
@@ -109,11 +113,15 @@ class EKFACOperator(KFACOperator):
 
     def _state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         out = super()._state_tensors()
+        G, A = self._rebuilt()
+        for layer, g, a in zip(self.layers, G, A):
+            for key, t in (("G", g), ("A", a)):
+                if key in out[layer.name] and t is not None:
+                    out[layer.name][key] = t
         for layer, (basis_g, basis_a), E in zip(self.layers, self._bases, self.E):
-            if basis_g is not None:
-                out[layer.name]["Q_G"] = basis_g[1]
-            if basis_a is not None:
-                out[layer.name]["Q_A"] = basis_a[1]
+            for key, basis in (("Q_G", basis_g), ("Q_A", basis_a)):
+                if basis is not None and basis[1] is not None:
+                    out[layer.name][key] = basis[1]
             out[layer.name].update({f"E{j}": e for j, e in enumerate(E)})
         return out
 
@@ -124,17 +132,49 @@ class EKFACOperator(KFACOperator):
         self._bases, self.E = [], []
         for layer, G, A in zip(self.layers, self.G, self.A):
             st = layers[layer.name]
-            basis_a = _with_values(A, st["Q_A"]) if "Q_A" in st else None
+            basis_a = _with_values(A, st["Q_A"]) if A is not None and "Q_A" in st else None
             basis_g = _with_values(G, st["Q_G"]) if "Q_G" in st else None
             self._bases.append((basis_g, basis_a))
             self.E.append([st[k] for k in sorted(st) if k.startswith("E")])
+        self._drop_factors()
         self._build_blocks(self.E, self._bases)
+
+    def _drop_factors(self) -> None:
+        """Keep only the shapes of the dense G and A once their bases exist: products, the
+        inverse and the scalars need Q and E alone, and G = Q diag(λ) Qᵀ is rebuilt for
+        ``factors`` and ``state_dict`` (to round-off). Saves their memory (the head's A of a
+        CNN: 16 MiB) during the correction pass and after."""
+        self._blocks = []  # KFAC's blocks hold the dense factors; EKFAC's are built next
+        for i, (basis_g, basis_a) in enumerate(self._bases):
+            if basis_g is not None:
+                self.G[i] = _shape_only(self.G[i])
+            A = self.A[i]
+            if basis_a is not None and A is not None:
+                self.A[i] = _shape_only(A)
+
+    def _rebuilt(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """(G, A) per layer: Q diag(λ) Qᵀ from the bases where the factors were dropped."""
+        G = [_from_basis(b) if b is not None else g for g, (b, _) in zip(self.G, self._bases)]
+        A = [
+            _from_basis(b) if b is not None and a is not None else a
+            for a, (_, b) in zip(self.A, self._bases)
+        ]
+        return G, A
+
+    @property
+    def factors(self) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """KFAC's factors (see ``KFACOperator.factors``), rebuilt from EKFAC's bases."""
+        self._current_blocks()
+        G, A = self._rebuilt()
+        return [(layer.name, g, a) for layer, g, a in zip(self.layers, G, A)]
 
 
 def _basis(M: torch.Tensor, old: Basis, method: str, steps: int, diagonal: bool) -> Basis:
     """(λ, Q) of a factor (grouped (g, n, n): per group, stacked); None for a diagonal one."""
     if diagonal:
         return None
+    if method == "eigh" and M.ndim == 2:  # a Gram matrix: no symmetrised copy of it
+        return eigh_with_fallback(M, symmetrize=False)
     if M.ndim == 2:
         Q_old = None if old is None else old[1]
         return refresh_eigenbasis([M], [Q_old], method, steps)[0]
@@ -146,3 +186,14 @@ def _basis(M: torch.Tensor, old: Basis, method: str, steps: int, diagonal: bool)
 def _with_values(M: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(diag(QᵀMQ), Q): the Rayleigh quotients of a saved basis (per group when grouped)."""
     return (Q * (M @ Q)).sum(dim=-2), Q
+
+
+def _shape_only(M: torch.Tensor) -> torch.Tensor:
+    """A stand-in of M's shape and dtype holding one number (a zero-stride view)."""
+    return M.new_zeros(()).expand(M.shape)
+
+
+def _from_basis(basis) -> torch.Tensor:
+    """Q diag(λ) Qᵀ ((g, n, n) per group)."""
+    values, Q = basis
+    return (Q * values.unsqueeze(-2)) @ Q.transpose(-1, -2)

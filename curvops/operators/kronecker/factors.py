@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from curvops.operators.kronecker.hooks import Use
-from curvops.operators.kronecker.layers import augment, one_hot_counts
+from curvops.operators.kronecker.layers import CONVS, augment, one_hot_counts, patch_chunks
 from curvops.operators.kronecker.tying import Layer
 
 
@@ -45,15 +45,25 @@ class LayerSums:
         return [self.G, count] if self.A is None else [self.G, self.A, count]
 
     def add_inputs(self, use: Use, approx: str) -> None:
-        """One use's inputs a (B, R, D₁) (ids (B, R)) into Σ a aᵀ and the count."""
+        """One use's inputs a (B, R, D₁) (ids (B, R)) into Σ a aᵀ and the count; a conv's
+        patches a few points at a time (a batch's patches are never held)."""
+        module = use.role.module if use.role is not None else None
+        if isinstance(module, CONVS) and use.x is not None and not use.has_inputs:
+            for _, patches in patch_chunks(module, use.x):
+                self._add_dense(patches, approx)
+            return
         a, lay = use.a, self.layer
         assert a is not None
         if lay.embedding:
             assert self.A is not None
-            padding = getattr(use.role.module, "padding_idx", None) if use.role else None
+            padding = getattr(module, "padding_idx", None)
             self.A.add_(one_hot_counts(a, self.A.shape[0], padding).to(self.A.dtype))
             self.count += a.numel()
             return
+        self._add_dense(a, approx)
+
+    def _add_dense(self, a: torch.Tensor, approx: str) -> None:
+        lay = self.layer
         if approx == "reduce":
             a = a.mean(dim=1, keepdim=True)
         self.count += a.shape[0] * a.shape[1]

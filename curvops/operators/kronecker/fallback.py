@@ -21,6 +21,7 @@ from torch.func import functional_call, vjp, vmap
 
 from curvops.operators.kronecker.hooks import Use
 from curvops.operators.kronecker.layers import weight_grads
+from curvops.operators.kronecker.norms import closed_form, norm_grads
 from curvops.operators.kronecker.tying import Fallback
 
 UNIT_CHUNK = 256  # forward-only: unit cotangents per vector-Jacobian batch
@@ -31,9 +32,12 @@ def use_grads(use: Use, entry, wanted: dict[int, torch.Tensor], summed: bool = F
     """{id(p): (K, B, *p.shape)} per-example gradients of the ``wanted`` parameters the use
     touches (``summed``: over the batch, (K, 1, *p.shape)). ``entry``: the use's chunk entry,
     b (K, B, R, D₂ᵤ) for a Kronecker layer, its outputs' gradients for a module."""
+    if use.role is None and closed_form(use.module):
+        return norm_grads(use, entry, wanted, summed)
     if use.role is None:
         return _module_grads(use, entry, wanted, summed)
     role, b, a = use.role, entry, use.a
+    assert a is not None
     if summed:  # the batch as one point
         b = b.reshape(b.shape[0], 1, -1, b.shape[-1])
         a = a.reshape(1, -1) if role.kind == "embedding" else a.reshape(1, -1, a.shape[-1])
@@ -82,19 +86,20 @@ def _module_grads(
     def per_point(inputs, cotangents):
         def f(ps):
             it = iter(inputs)
-            args, kwargs = rebuild([next(it).unsqueeze(0) if m else x for x, m in zip(leaves, mapped)])
+            args, kwargs = rebuild(
+                [next(it).unsqueeze(0) if m else x for x, m in zip(leaves, mapped)]
+            )
             outs = _outputs(functional_call(module, ps, args, kwargs), use.positions)
             return tuple(o.squeeze(0) if o.shape[:1] == (1,) else o for o in outs)
 
-        _, pullback = vjp(f, params)
+        pullback = vjp(f, params)[1]
         return vmap(pullback)(cotangents)[0]
 
     try:
         result = vmap(per_point, in_dims=(0, 1), out_dims=1)(point_inputs, tuple(grads))
     except RuntimeError:  # an operation without a batching rule: one point at a time
         points = [
-            per_point([x[n] for x in point_inputs], tuple(g[:, n] for g in grads))
-            for n in range(B)
+            per_point([x[n] for x in point_inputs], tuple(g[:, n] for g in grads)) for n in range(B)
         ]
         result = {k: torch.stack([pt[k] for pt in points], dim=1) for k in params}
     return {id(own[n]): g for n, g in result.items()}
@@ -103,11 +108,14 @@ def _module_grads(
 def _pullback(use: Use, params: dict, grads: list[torch.Tensor]) -> dict:
     """Σ_n J_nᵀ b_n over the batch for each of K cotangents: {name: (K, *shape)}."""
 
+    module = use.module
+    assert module is not None
+
     def f(ps):
-        outs = _outputs(functional_call(use.module, ps, use.args, use.kwargs), use.positions)
+        outs = _outputs(functional_call(module, ps, use.args, use.kwargs), use.positions)
         return tuple(o.expand(g.shape[1:]) for o, g in zip(outs, grads))  # a shared output
 
-    _, pullback = vjp(f, params)
+    pullback = vjp(f, params)[1]
     return vmap(pullback)(tuple(grads))[0]
 
 

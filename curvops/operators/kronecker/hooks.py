@@ -3,8 +3,10 @@
 A use of a Kronecker layer records its inputs a (B, R, D₁) (an embedding's token ids
 (B, R)) and its output, whose gradients b (K, B, R, D₂) are taken later; a use of any other
 module (a fallback block's owner: a norm layer, a custom module) records its arguments and
-outputs, for per-example vector-Jacobian products. Outputs are replaced by clones, so later
-in-place operations cannot change the recorded ones. A module called with an input of
+outputs, for per-example vector-Jacobian products. The recorded outputs go on unchanged
+(no copy of every activation) unless the model modifies one in place later (``nn.ReLU(
+inplace=True)`` after a layer), which ``modified()`` tells from the tensors' version
+counters; a capture with ``clone=True`` passes clones on instead. A module called with an input of
 leading size 1 in a batch of B (position ids shared by the batch) has its output expanded
 to B, so that every data point gets its own output gradient.
 """
@@ -26,19 +28,38 @@ from curvops.operators.kronecker.layers import CONVS, Role, output_grads, role_i
 @dataclass(eq=False)
 class Use:
     """One call: ``role`` (None for a fallback module), ``rows`` (id(param) -> the rows of
-    it the call uses), ``a`` (inputs; None once handed over), ``outputs`` (graph nodes),
-    ``layout`` (their gradients -> b (K, B, R, D₂ᵤ)); a fallback module's call keeps
-    ``module``, ``args`` and ``kwargs`` (detached)."""
+    it the call uses), ``outputs`` (graph nodes), ``layout`` (their gradients -> b (K, B, R,
+    D₂ᵤ)); its inputs ``a`` (B, R, D₁) come from ``x`` (the layer's input, which autograd
+    keeps anyway) on first access — conv patches are only unfolded when asked for — until
+    ``drop_inputs``. A fallback module's call keeps ``module``, ``args``, ``kwargs``."""
 
     role: Role | None
     rows: dict[int, slice]
-    a: torch.Tensor | None
+    x: torch.Tensor | None
     outputs: list[torch.Tensor]
     layout: Callable[[torch.Tensor], torch.Tensor] | None = None
     module: nn.Module | None = None
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     positions: tuple[int, ...] | None = None  # the recorded items of a tuple output
+    xhat: torch.Tensor | None = None  # a norm layer's normalised input (``norms``), cached
+    batch: int = 0
+    _a: torch.Tensor | None = None
+
+    @property
+    def a(self) -> torch.Tensor | None:
+        """(B, R, D₁) inputs (token ids (B, R) for an embedding), computed once from x."""
+        if self._a is None and self.x is not None and self.role is not None:
+            self._a = role_inputs(self.role, self.x, self.batch)
+        return self._a
+
+    @property
+    def has_inputs(self) -> bool:
+        """Whether ``a`` is computed already."""
+        return self._a is not None
+
+    def drop_inputs(self) -> None:
+        self._a = self.x = None
 
 
 @dataclass
@@ -55,9 +76,17 @@ class Capture:
     """Records the uses of one forward pass of a batch of ``batch`` points; ``on_use(use)``
     sees each use as it happens (and may drop its inputs)."""
 
-    def __init__(self, sites: Sites, batch: int, on_use: Callable[[Use], None] | None = None):
-        self.sites, self.batch, self.on_use = sites, batch, on_use
+    def __init__(
+        self,
+        sites: Sites,
+        batch: int,
+        on_use: Callable[[Use], None] | None = None,
+        clone: bool = False,
+    ) -> None:
+        """``uses`` is handed over by ``take_uses`` (the capture keeps no tensors after)."""
+        self.sites, self.batch, self.on_use, self.clone = sites, batch, on_use, clone
         self.uses: list[Use] = []
+        self._versions: list[tuple[torch.Tensor, int]] = []
         self.functional = FunctionalLinears(sites.functional, self._record_functional)
 
     @contextmanager
@@ -78,6 +107,25 @@ class Capture:
                 stack.enter_context(self.functional.installed())
             yield self
 
+    def take_uses(self) -> list[Use]:
+        """The recorded uses; the capture forgets them and the outputs it watched (it refers
+        to itself through its hooks: a cycle holding a batch's graph would outlive the batch).
+        Ask ``modified()`` first."""
+        uses, self.uses, self.on_use, self._versions = self.uses, [], None, []
+        return uses
+
+    def modified(self) -> bool:
+        """Whether a recorded output was modified in place after its call (its gradient
+        would then be the modified tensor's): the forward pass needs ``clone=True``."""
+        return any(t._version != v for t, v in self._versions)
+
+    def _go_on(self, t: torch.Tensor) -> torch.Tensor:
+        """The tensor the model goes on with: ``t`` itself (its version noted) or a clone."""
+        if self.clone:
+            return t.clone()
+        self._versions.append((t, t._version))
+        return t
+
     def _add(self, use: Use) -> None:
         self.uses.append(use)
         if self.on_use is not None:
@@ -85,14 +133,17 @@ class Capture:
 
     # ---------------------------------------------------------------- Kronecker layers
     def _layer_hook(self, role: Role) -> Callable:
+        batch = self.batch
+
+        def layout(g: torch.Tensor) -> torch.Tensor:  # no reference to self: no cycle
+            return output_grads(role, g, batch)
+
         def fn(module, args, kwargs, output):
             x = args[0] if args else next(iter(kwargs.values()))
             x, output = self._batched(module, x.detach(), output)
-            a = role_inputs(role, x, self.batch)
             rows = {id(p): slice(None) for p in role.params()}
-            layout = lambda g, role=role: output_grads(role, g, self.batch)  # noqa: E731
-            self._add(Use(role, rows, a, [output], layout))
-            return output.clone()
+            self._add(Use(role, rows, x, [output], layout, batch=self.batch))
+            return self._go_on(output)
 
         return fn
 
@@ -110,12 +161,12 @@ class Capture:
         )
 
     def _record_functional(self, role: Role, a, out, layout, rows) -> torch.Tensor:
-        self._add(Use(role, rows, a, [out], layout))
-        return out.clone()
+        self._add(Use(role, rows, None, [out], layout, _a=a))
+        return self._go_on(out)
 
     # ---------------------------------------------------------------- fallback modules
     def _fallback_hook(self, module, args, kwargs, output):
-        outputs, rebuilt, positions = _tensor_outputs(module, output, self.batch)
+        outputs, rebuilt, positions = _tensor_outputs(module, output, self.batch, self._go_on)
         use = Use(None, {}, None, outputs, module=module, positions=positions)
         use.args, use.kwargs = _detached(args), _detached(kwargs)
         self._add(use)
@@ -132,18 +183,19 @@ def _detached(obj):
     return obj
 
 
-def _tensor_outputs(module: nn.Module, output, batch: int):
-    """([recorded tensors], the output to go on with (clones, same structure), the positions
-    of the recorded items in a tuple output (None: a tensor output))."""
+def _tensor_outputs(module: nn.Module, output, batch: int, go_on: Callable):
+    """([recorded tensors], the output to go on with (same structure, ``go_on`` of each
+    recorded tensor), the positions of the recorded items in a tuple output (None: a tensor
+    output))."""
     if isinstance(output, torch.Tensor):
         out = output.expand(batch, *output.shape[1:]) if output.shape[:1] == (1,) else output
-        return [out], out.clone(), None
+        return [out], go_on(out), None
     if type(output) in (list, tuple):
         recorded, rebuilt, positions = [], [], []
         for i, item in enumerate(output):
             if isinstance(item, torch.Tensor) and item.requires_grad and item.ndim:
                 recorded.append(item)
-                rebuilt.append(item.clone())
+                rebuilt.append(go_on(item))
                 positions.append(i)
             else:
                 rebuilt.append(item)

@@ -72,7 +72,7 @@ class KFACOperator(KroneckerOperator):
             sums.G = next(flat)
             if sums.A is not None:
                 sums.A = next(flat)
-            sums.count = float(next(flat))
+            sums.count = int(round(float(next(flat))))
             G, A = sums.finish()
             checks.check_finite(G, f"output-gradient factor G of layer '{sums.layer.name}'")
             if A is not None:

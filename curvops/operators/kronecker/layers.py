@@ -15,7 +15,9 @@ A ``Role`` is one (weight, bias) pair a module multiplies its inputs with.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +74,7 @@ def site_kind(module: nn.Module) -> str | None:
     return None
 
 
-def roles_of(module: nn.Module, kind: str) -> list[Role]:
+def roles_of(module: Any, kind: str | None) -> list[Role]:
     """The (weight, bias) pairs a module of ``kind`` applies."""
     bias = getattr(module, "bias", None)
     if kind == "linear" and is_hf_conv1d(module):
@@ -115,7 +117,7 @@ def dense_inputs(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.reshape(batch, -1, x.shape[-1])
 
 
-def conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def conv_patches(module: Any, x: torch.Tensor) -> torch.Tensor:
     """Unfolded patches (B, L, C·∏k) in the order of weight.reshape(C_out, -1).
 
     Strided windows (``Tensor.unfold``) rather than ``F.unfold`` (~20x slower on CPU here),
@@ -131,10 +133,25 @@ def conv_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
     for i, (k, s, d) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
         x = x.unfold(2 + i, d * (k - 1) + 1, s)
-    x = x[(..., *[slice(None, None, d) for d in module.dilation])]  # (B, C, *out, *k)
+    every: tuple[Any, ...] = (Ellipsis, *[slice(None, None, d) for d in module.dilation])
+    x = x[every]  # (B, C, *out, *k)
     order = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
     width = x.shape[1] * math.prod(x.shape[2 + n :])
     return x.permute(order).reshape(x.shape[0], -1, width)
+
+
+PATCH_BUDGET = 1 << 18  # unfolded patch entries per step when a batch's patches are not held
+
+
+def patch_chunks(module: Any, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, patches (n, L, C·∏k)) of a few points at a time: ~PATCH_BUDGET numbers each."""
+    first = conv_patches(module, x[:1])
+    step = max(1, PATCH_BUDGET // max(1, first.numel()))
+    for start in range(0, x.shape[0], step):
+        yield (
+            start,
+            first if start == 0 and step == 1 else conv_patches(module, x[start : start + step]),
+        )
 
 
 def role_inputs(role: Role, x: torch.Tensor, batch: int) -> torch.Tensor:

@@ -218,10 +218,12 @@ class KroneckerOperator(CurvatureOperator):
         """Restore the factors saved by ``state_dict``, after checking them; nothing is adopted.
 
         Refused with a ValueError naming the setting and both values: another operator
-        class, fisher, approx, separate_weight_and_bias, num_data, with fisher="mc" also
-        mc_samples and seed (EKFAC: also correction and eigenbasis). Refused naming the
-        layer and the factor: missing, extra or misshapen factors, NaN / inf, a G or A that
-        is not symmetric or not PSD, an EKFAC basis Q that is not orthonormal, a negative E.
+        class, fisher, approx, separate_weight_and_bias, fallback, num_data, with
+        fisher="mc" also mc_samples and seed (EKFAC: also correction and eigenbasis).
+        Refused naming the layer (or fallback block) and the factor: missing, extra or
+        misshapen factors, NaN / inf, a G, A or exact fallback block F that is not symmetric
+        or not PSD (per group when grouped), a negative diagonal factor (A_diag, G_diag,
+        F_diag), an EKFAC basis Q that is not orthonormal, a negative E.
         The checks take one eigvalsh per factor (O(D³), like the factors' eigendecompositions).
         """
         if state.get("kind") != type(self).__name__:

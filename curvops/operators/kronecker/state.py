@@ -86,8 +86,10 @@ def check_factor(layer: str, key: str, t: Any, shape: tuple[int, ...]) -> None:
         for m in groups:
             _check_orthonormal(where, m, eps)
     elif (key.startswith("E") or key.endswith("_diag")) and bool((M < 0).any()):
-        what = "EKFAC's eigenvalues are sums of squares" if key.startswith("E") else (
-            "a diagonal factor of a Gram matrix is nonnegative"
+        what = (
+            "EKFAC's eigenvalues are sums of squares"
+            if key.startswith("E")
+            else ("a diagonal factor of a Gram matrix is nonnegative")
         )
         raise ValueError(
             f"{where} has negative entries (min {float(M.min()):.3g}): {what}, so the saved "

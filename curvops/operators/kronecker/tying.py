@@ -88,8 +88,12 @@ class Plan:
     structures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._weight = {id(x.weight_param): i for i, x in enumerate(self.layers) if x.weight_param is not None}
-        self._bias = {id(x.bias_param): i for i, x in enumerate(self.layers) if x.bias_param is not None}
+        self._weight = {
+            id(x.weight_param): i for i, x in enumerate(self.layers) if x.weight_param is not None
+        }
+        self._bias = {
+            id(x.bias_param): i for i, x in enumerate(self.layers) if x.bias_param is not None
+        }
         self._fallback = {id(p): j for j, fb in enumerate(self.fallbacks) for p in fb.params}
 
     def layer_targets(self, use: Use) -> list[tuple[int, slice, bool]]:
@@ -108,7 +112,11 @@ class Plan:
 
     def fallback_targets(self, use: Use) -> list[int]:
         """The fallback blocks a use feeds (a layer's parameters, or a module's own)."""
-        ids = use.rows if use.module is None else [id(p) for p in use.module.parameters(recurse=False)]
+        ids = (
+            use.rows
+            if use.module is None
+            else [id(p) for p in use.module.parameters(recurse=False)]
+        )
         return sorted({self._fallback[pid] for pid in ids if pid in self._fallback})
 
 
@@ -152,7 +160,7 @@ class _Survey:
         self.names = {id(p): n for n, p in model.named_parameters()}
 
     def describe(self, p: torch.Tensor) -> str:
-        """"'name' (owned by module 'm' (Type), ...)" for messages."""
+        """ "'name' (owned by module 'm' (Type), ...)" for messages."""
         mods = ", ".join(
             f"'{self.module_names[id(m)]}' ({type(m).__name__})" for m in self.owners[id(p)]
         )
@@ -268,7 +276,7 @@ def _sites(survey: _Survey, params: list[torch.Tensor], kron: set[int]) -> Sites
     for p in params:
         for role, _ in survey.roles.get(id(p), []):
             module = role.module
-            mha = module if isinstance(module, nn.MultiheadAttention) else None
+            mha: nn.Module | None = module if isinstance(module, nn.MultiheadAttention) else None
             mha = mha or survey.attention_of.get(id(module))
             if mha is not None:
                 attention[id(mha)] = mha

@@ -84,17 +84,24 @@ def test_cache_follows_replaced_and_modified_data():
     _assert_close(fresh.torch_matmat(V), dense_hessian(model, loss_fn, data) @ V)
 
 
-def test_dataloader_turns_the_cache_off():
+def test_dataloader_too_large_to_keep_turns_the_cache_off():
+    """Batches over the budget are not kept: new tensors every pass, the cache turns off
+    (kept batches: tests/operators/exact/test_dataloader_cache.py)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     model, loss_fn, data = make_problem("mlp_tanh", "mse")
     X, y = torch.cat([x for x, _ in data]), torch.cat([t for _, t in data])
     loader = DataLoader(TensorDataset(X, y), batch_size=4)
-    op = curvops.HessianOperator(model, loss_fn, loader)
+    probe = curvops.HessianOperator(model, loss_fn, data)
+    probe.torch_matmat(_directions(probe.shape[0], 1))
+    budget = (probe._cache.used + 1) / 2**20  # the graphs fit, the batches on top do not
+    op = curvops.HessianOperator(model, loss_fn, loader, graph_cache_mib=budget)
+    op._loop.keep_bytes = 1  # the batches alone exceed it
     H = dense_hessian(model, loss_fn, data)
     V = _directions(op.shape[0])
     for _ in range(2):
         _assert_close(op.torch_matmat(V), H @ V)
+    assert op._loop.kept is None
     assert not op._cache.enabled and not op._cache.entries
 
 

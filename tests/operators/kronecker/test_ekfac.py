@@ -71,18 +71,22 @@ def test_corrected_at_construction_and_closer_than_kfac(name):
 def test_per_example_and_gramian_strategies_agree(name, approx):
     model, loss_fn, data = make(name, "ce")
     dense = {}
-    for c in ("per_example", "gramian"):
+    for c in ("per_example", "gramian", "lean"):
         op = EKFACOperator(model, loss_fn, data, correction=c, approx=approx)
-        assert set(op.strategies.values()) == {c}
+        lean = {"lean", "per_example"} if name == "cnn" else {"per_example"}  # lean: convs only
+        assert set(op.strategies.values()) == (lean if c == "lean" else {c})
         dense[c] = op.to_dense()
     torch.testing.assert_close(dense["per_example"], dense["gramian"], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(dense["per_example"], dense["lean"], atol=1e-12, rtol=1e-10)
 
 
 def test_auto_strategy_picks_by_memory():
     model, loss_fn, data = make("cnn", "ce")
     op = EKFACOperator(model, loss_fn, data)
-    # conv 0: R = 16, D1 + D2 = 18 + 3 -> per-example; last Linear: R = 1 -> Gramian
-    assert op.strategies["0.weight"] == "per_example" and op.strategies["4.weight"] == "gramian"
+    # conv 0: a 3x3 kernel -> lean (no patches held); conv 2: R = 4, D1 + D2 = 14 -> lean too
+    # (kernel 2x2); last Linear: R = 1 -> Gramian; conv biases: per-example
+    assert op.strategies["0.weight"] == "lean" and op.strategies["4.weight"] == "gramian"
+    assert op.strategies["0.bias"] == "per_example"
 
 
 def test_correction_functions_on_random_tensors():

@@ -7,6 +7,7 @@ from oracles import dense_empirical_fisher
 from torch import nn
 
 from curvops.operators.exact.ggn import GGNOperator
+from curvops.operators.kronecker.ekfac import EKFACOperator
 from curvops.operators.kronecker.kfac import KFACOperator
 from curvops.operators.kronecker.operator import StaleOperatorError
 
@@ -207,3 +208,24 @@ def test_matches_ggn_operator_blocks_and_interface():
     import numpy as np
 
     np.testing.assert_allclose(op @ v.numpy(), ggn @ v.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [KFACOperator, EKFACOperator])
+def test_outputs_modified_in_place_downstream_are_cloned(cls):
+    """nn.ReLU(inplace=True) right after a layer (and a norm layer): the recorded outputs
+    would change under curvops; it notices from their version counters and clones them."""
+
+    def net(inplace):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(4, 5),
+            nn.ReLU(inplace=inplace),
+            nn.LayerNorm(5),
+            nn.ReLU(inplace=inplace),
+            nn.Linear(5, 3),
+        ).double()
+
+    _, loss_fn, data = make("mlp", "ce")
+    plain, inplace = cls(net(False), loss_fn, data), cls(net(True), loss_fn, data)
+    assert not plain._collector.clone and inplace._collector.clone
+    torch.testing.assert_close(inplace.to_dense(), plain.to_dense(), atol=1e-12, rtol=1e-12)

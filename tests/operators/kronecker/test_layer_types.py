@@ -12,6 +12,8 @@ from curvops.operators.kronecker.ekfac import EKFACOperator
 from curvops.operators.kronecker.kfac import KFACOperator
 from curvops.operators.kronecker.layers import is_hf_conv1d
 
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
+
 
 def _data(make_x, sizes=(3, 2), seed=1, out=None, model=None):
     """MSE data: inputs from make_x(B, gen), targets shaped like the model's output."""
@@ -32,7 +34,9 @@ def _dense_blocks(op, model, loss_fn, data):
 
 
 def _assert_exact(op, model, loss_fn, data):
-    torch.testing.assert_close(op.to_dense(), _dense_blocks(op, model, loss_fn, data), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        op.to_dense(), _dense_blocks(op, model, loss_fn, data), atol=1e-10, rtol=1e-10
+    )
 
 
 def _randn(*shape):
@@ -65,7 +69,9 @@ def test_single_layer_under_mse_is_exact(name, separate):
 
 def test_grouped_conv_has_one_factor_pair_per_group():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(4, 6, 3, padding=1, groups=2), nn.Tanh(), nn.Flatten(), nn.Linear(30, 2))
+    model = nn.Sequential(
+        nn.Conv1d(4, 6, 3, padding=1, groups=2), nn.Tanh(), nn.Flatten(), nn.Linear(30, 2)
+    )
     model = model.double()
     data = [(torch.randn(3, 4, 5, dtype=torch.float64), torch.randint(0, 2, (3,)))]
     op = KFACOperator(model, nn.CrossEntropyLoss(), data)
@@ -259,7 +265,9 @@ def test_mha_with_separate_qkv_weights_shares_the_bias_block():
     e = EKFACOperator(model, nn.CrossEntropyLoss(), data)
     G = _dense_blocks(op, model, nn.CrossEntropyLoss(), data)
     for sl in op.block_slices:
-        assert float(e.to_dense()[sl, sl].trace()) == pytest.approx(float(G[sl, sl].trace()), rel=1e-10)
+        assert float(e.to_dense()[sl, sl].trace()) == pytest.approx(
+            float(G[sl, sl].trace()), rel=1e-10
+        )
 
 
 class _HFStyleRMSNorm(nn.Module):
@@ -313,7 +321,9 @@ def test_exact_fallback_blocks_are_the_dense_blocks(kind, fisher):
         D = diag.to_dense()
         for name, sl in zip(diag.block_names, diag.block_slices):
             if diag.structures[name] == "diagonal":
-                torch.testing.assert_close(D[sl, sl], torch.diag(torch.diagonal(F[sl, sl])), atol=1e-12, rtol=1e-10)
+                torch.testing.assert_close(
+                    D[sl, sl], torch.diag(torch.diagonal(F[sl, sl])), atol=1e-12, rtol=1e-10
+                )
 
 
 def test_fallback_auto_is_exact_up_to_the_size_limit_then_diagonal(monkeypatch):

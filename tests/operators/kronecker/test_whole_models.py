@@ -87,7 +87,9 @@ def test_closed_forms_with_every_block_kind(case):
         K = op.to_dense()
         eye = torch.eye(K.shape[0], dtype=K.dtype)
         lam = 1e-3 * float(torch.linalg.eigvalsh(K)[-1])
-        torch.testing.assert_close(op.inverse(lam).torch_matmat(K + lam * eye), eye, atol=1e-7, rtol=0)
+        torch.testing.assert_close(
+            op.inverse(lam).torch_matmat(K + lam * eye), eye, atol=1e-7, rtol=0
+        )
         assert op.trace() == pytest.approx(float(K.trace()), rel=1e-10)
         assert op.frobenius_norm() == pytest.approx(float(K.norm()), rel=1e-10)
         assert op.logdet(lam) == pytest.approx(float(torch.logdet(K + lam * eye)), rel=1e-9)

@@ -1,0 +1,183 @@
+"""KFAC / EKFAC for whole models: construction with every parameter vs the Linear layers only.
+
+python benchmarks/kfac_whole.py [--rounds R] [--memory] [--json OUT]
+
+On the tiny transformer (``problems.transformer``: TinyMixer, Linear layers and LayerNorms,
+P = 19,866, 1,024 sequences of 16 tokens, CE): the construction time up to and including
+the first product (median of interleaved rounds, a fresh copy of the model each) of
+  curvops, all parameters (the default: Kronecker blocks for the Linear layers, exact
+  fallback blocks for the LayerNorms), curvops on the Linear layers only, and curvlinops
+  on the Linear layers only (it supports no LayerNorm), when installed;
+and with ``--memory`` the peak / held MiB of each (benchmarks/memory.py's RSS probe, a
+fresh process per tool) on the transformer and on the CNN of benchmarks/kfac.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import curvops  # noqa: E402
+from benchmarks.output import save_rows  # noqa: E402
+from benchmarks.peers import available  # noqa: E402
+from benchmarks.problems import PROBLEMS, Problem  # noqa: E402
+from benchmarks.timing import PeakRss, rss_mib  # noqa: E402
+
+CLOCK = time.perf_counter  # --cpu: time.process_time (steadier on a shared machine, 1 thread)
+
+
+@dataclass
+class Row:
+    problem: str
+    kind: str
+    tool: str
+    params: int
+    construct_s: float
+    x_curvlinops: float = float("nan")
+    peak_mib: float | None = None
+    held_mib: float | None = None
+
+
+def _linear_params(model: nn.Module) -> list[torch.Tensor]:
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+        for p in m.parameters(recurse=False)
+    ]
+
+
+def _curvops(kind: str, linear_only: bool):
+    cls = curvops.KFACOperator if kind == "kfac" else curvops.EKFACOperator
+
+    def build(problem: Problem):
+        params = _linear_params(problem.model) if linear_only else None
+        op = cls(problem.model, problem.loss_fn, problem.data, params=params)
+        return op.torch_matmat, op.shape[0]
+
+    return build
+
+
+def _curvlinops(kind: str):
+    def build(problem: Problem):
+        import curvlinops
+
+        cls = curvlinops.KFACLinearOperator if kind == "kfac" else curvlinops.EKFACLinearOperator
+        params = _linear_params(problem.model)
+        op = cls(
+            problem.model, problem.loss_fn, params, problem.data,
+            fisher_type="type-2", check_deterministic=False,
+        )  # fmt: skip
+        return (lambda M: op @ M), sum(p.numel() for p in params)
+
+    return build
+
+
+def tools(kind: str) -> dict:
+    out = {
+        "curvops (all parameters)": _curvops(kind, linear_only=False),
+        "curvops (Linear only)": _curvops(kind, linear_only=True),
+    }
+    if available("curvlinops"):
+        out["curvlinops (Linear only)"] = _curvlinops(kind)
+    else:
+        print("  note: curvlinops is not installed: its rows are skipped")
+    return out
+
+
+def construct(builders: dict, problem: Problem, rounds: int) -> dict[str, tuple[float, int]]:
+    """{tool: (median seconds of build + first product, P)}, interleaved rounds."""
+    names, times, sizes = list(builders), {n: [] for n in builders}, {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            copy = problem.copy()
+            start = CLOCK()
+            matmat, P = builders[name](copy)
+            matmat(torch.ones(P, 1))
+            times[name].append(CLOCK() - start)
+            sizes[name] = P
+    return {n: (statistics.median(times[n]), sizes[n]) for n in names}
+
+
+def probe(kind: str, tool: str, problem: str) -> tuple[float, float] | None:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    cmd = [sys.executable, "-m", "benchmarks.kfac_whole", "--probe", kind, tool, problem]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        print(f"  note: memory probe failed for {kind} {tool}: {done.stderr[-300:]}")
+        return None
+    result = json.loads(lines[-1])
+    return result["peak"], result["held"]
+
+
+def _probe(kind: str, tool: str, name: str) -> None:
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401  (sympy, as benchmarks/kfac.py)
+
+    torch.set_num_threads(1)
+    problem = PROBLEMS[name](False)
+    build = tools(kind)[tool]
+    before = rss_mib()
+    with PeakRss() as peak:
+        matmat, P = build(problem)
+        matmat(torch.ones(P, 1))
+    print(json.dumps({"peak": round(peak.peak, 1), "held": round(rss_mib() - before, 1)}))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--memory", action="store_true")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--cpu", action="store_true", help="CPU time of this process, not wall")
+    p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.probe:
+        _probe(*args.probe)
+        return 0
+    torch.set_num_threads(1)
+    global CLOCK
+    CLOCK = time.process_time if args.cpu else time.perf_counter
+    rows = []
+    for kind in ("kfac", "ekfac"):
+        problem = PROBLEMS["transformer"](False)
+        results = construct(tools(kind), problem, args.rounds)
+        ref = results.get("curvlinops (Linear only)", (float("nan"), 0))[0]
+        for tool, (seconds, P) in results.items():
+            rows.append(Row("transformer", kind, tool, P, seconds, seconds / ref))
+    if args.memory:
+        for row in rows:
+            row.peak_mib, row.held_mib = probe(row.kind, row.tool, "transformer") or (None, None)
+        for kind in ("kfac", "ekfac"):
+            for tool in ("curvops (all parameters)", "curvlinops (Linear only)"):
+                if tool in tools(kind):
+                    peak = probe(kind, tool, "cnn") or (None, None)
+                    rows.append(Row("cnn", kind, tool, 25_578, float("nan"), float("nan"), *peak))
+    print("\n| problem | kind | tool | P | construction s | x curvlinops | peak MiB | held MiB |")
+    print("|" + " --- |" * 8)
+    for r in rows:
+        peak = "" if r.peak_mib is None else f"{r.peak_mib:.0f}"
+        held = "" if r.held_mib is None else f"{r.held_mib:.0f}"
+        print(
+            f"| {r.problem} | {r.kind} | {r.tool} | {r.params:,} | {r.construct_s:.3f} | "
+            f"{r.x_curvlinops:.2f} | {peak} | {held} |"
+        )
+    save_rows(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
