@@ -66,6 +66,7 @@ class CorrectionPass:
         pending: dict[tuple[int, int], torch.Tensor] = {}
         inputs = [self._concat_parts(i, parts) for i, parts in enumerate(self._inputs)]
         for entries in bp.chunks:
+            b = bt = None  # a batch may feed no Kronecker layer (fallback blocks only)
             for i, b in self._grads(bp.uses, entries).items():
                 bt = None  # b in the basis of G, rotated only when a part needs it
                 for j, at in enumerate(inputs[i]):
