@@ -128,9 +128,12 @@ def plot_comparison(comparison, path=None, title=None):
     ``title`` (e.g. the model's name) heads the line that defines the symbols."""
     plt = _plt()
     by_structure = any(a.structure_errors for a in comparison.approximations)
-    ncols = 4 if by_structure else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.6), squeeze=False)
-    axes = axes[0]
+    if by_structure:  # four panels on a 2 x 2 page: the per-block labels get a full width
+        fig, grid = plt.subplots(2, 2, figsize=(14, 10), squeeze=False)
+        axes = [grid[0, 0], grid[0, 1], grid[1, 0], grid[1, 1]]
+    else:
+        fig, row = plt.subplots(1, 3, figsize=(16.2, 4.6), squeeze=False)
+        axes = list(row[0])
     spectra = {comparison.exact_name: comparison.exact_eigenvalues}
     spectra.update({a.name: a.eigenvalues for a in comparison.approximations})
     plot_spectrum(spectra, ax=axes[0], title=f"Top-{comparison.k} eigenvalues")
