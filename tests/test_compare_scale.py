@@ -93,8 +93,15 @@ def test_the_cost_is_stated(ops):
     products = probe.cost["products"]
     solve = probe.cost["solve"]
     assert products["exact"] <= 30 + 300 * 20 + solve["iterations"]
-    assert products["KFAC"] >= 30 and solve["residual"] <= 1e-4
+    assert products["KFAC"] >= 30 and solve["residual"] <= 1e-4 and solve["method"] == "CG"
     assert "products: exact" in probe.summary()
+    pre = compare(G, approx, k=3, dense_max=0, n_probes=30, block_probes=0, precondition=True)
+    assert pre.cost["solve"]["method"] == "CG preconditioned by KFAC"
+    assert pre.cost["solve"]["residual"] <= 1e-4
+    for name in approx:
+        assert pre[name].natural_gradient_cosine == pytest.approx(
+            probe[name].natural_gradient_cosine, abs=1e-4
+        )
 
 
 def test_probe_memory_is_linear_in_P():

@@ -32,6 +32,7 @@ def compare(
     block_probes: int | None = None,
     solve_tol: float = 1e-4,
     solve_maxiter: int = 100,
+    precondition: bool = False,
 ) -> Comparison:
     """Compare ``exact`` with one or several approximations (an operator, list or dict name -> op).
 
@@ -54,8 +55,9 @@ def compare(
     restricted to it: blocks × probes more products, exact where A_bb = B_bb; None: n_probes
     of them while P · blocks · n_probes <= ``RESTRICTED_MAX`` = 2³¹, else none), the spectra
     from ``eigsh`` (``tol``, ``ncv``), the natural gradient of the exact operator by CG
-    preconditioned with a KFAC / EKFAC approximation's closed-form inverse, at most
-    ``solve_maxiter`` products to a relative residual ``solve_tol`` (reported).
+    (``precondition=True``: preconditioned with a KFAC / EKFAC approximation's closed-form
+    inverse), at most ``solve_maxiter`` products to a relative residual ``solve_tol``
+    (reported in ``Comparison.cost``).
     ``Comparison.cost`` states the products per operator and a memory estimate
     (``curvops.compare.cost``); the exact operator makes about ``n_probes`` + those of
     ``eigsh(k)`` + ``solve_maxiter`` products at most.
@@ -83,6 +85,7 @@ def compare(
         k=k, blocks=blocks, g=_gradient(exact, gradient, A),
         damping=damping, n_probes=n_probes, seed=seed, backend=backend, tol=tol, ncv=ncv,
         block_probes=block_probes, solve_tol=solve_tol, solve_maxiter=solve_maxiter,
+        precondition=precondition,
     )  # fmt: skip
     dense = A.size <= dense_max
     exact_part, reports = (dense_route if dense else probe_route)(job)

@@ -54,6 +54,7 @@ class Job:
     block_probes: int = 0  # restricted probes per block (0: none)
     solve_tol: float = 1e-4  # natural gradient, probe route
     solve_maxiter: int = 100
+    precondition: bool = False  # the exact solve preconditioned by an approximation's inverse
     cost: dict = field(default_factory=dict)  # filled by the route
     mms: dict = field(default_factory=dict)  # name -> the counting products
     start: dict = field(default_factory=dict)  # name -> n_matvecs before the route
@@ -140,8 +141,9 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     natA, solve = (None, None)
     if job.g is not None:
         natA, solve = exact_solve(
-            job.exact, job.A, job.g, lam, job.approx, job.solve_tol, job.solve_maxiter
-        )
+            job.exact, job.A, job.g, lam, job.approx, job.solve_tol, job.solve_maxiter,
+            job.precondition,
+        )  # fmt: skip
     trA, seA = mean_se(A_sums.quad)
     norm_A = math.sqrt(float(A_sums.sq.mean()))
     exact_blocks = [A_sums.block(b, exact_how) for b in range(len(job.blocks))]

@@ -1,8 +1,10 @@
 """(A + λI)⁻¹ g for the natural-gradient cosine of the probe route, with a stated residual.
 
-A positive semi-definite exact operator is solved by conjugate gradients preconditioned with
-an approximation's closed-form inverse (KFAC / EKFAC: (B + λI)⁻¹, exact and cheap), at most
-``maxiter`` products; any other by ``damped_inverse`` (CG or MINRES) with the same caps.
+A positive semi-definite exact operator is solved by conjugate gradients, at most
+``maxiter`` products, optionally (``precondition``) preconditioned with an approximation's
+closed-form inverse (KFAC / EKFAC: (B + λI)⁻¹; off by default: on the ResNet-18 of
+``benchmarks/compare_scale.py`` one such application costs several exact products); any
+other exact operator by ``damped_inverse`` (MINRES) with the same caps.
 The relative residual ‖g − (A + λI) x‖ / ‖g‖ reached is returned, so the cosine's accuracy
 is stated, not assumed.
 """
@@ -52,11 +54,19 @@ def preconditioner(approx: dict, lam: float) -> tuple[str, Apply] | None:
 
 
 def exact_solve(
-    exact, A: TorchMatmat, g: torch.Tensor, lam: float, approx: dict, tol: float, maxiter: int
+    exact,
+    A: TorchMatmat,
+    g: torch.Tensor,
+    lam: float,
+    approx: dict,
+    tol: float,
+    maxiter: int,
+    precondition: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """(A + λI)⁻¹ g in float64 on the host, and how it was solved (method, residual, ...)."""
     rhs = g.to(A.device, A.dtype)
-    pre = preconditioner(approx, lam) if getattr(exact, "is_psd", False) else None
+    psd = getattr(exact, "is_psd", False)
+    pre = preconditioner(approx, lam) if psd and precondition else None
     if getattr(exact, "is_psd", False):
         x, residual, iterations = pcg(A, rhs, lam, pre[1] if pre else None, tol, maxiter)
         method = f"CG preconditioned by {pre[0]}" if pre else "CG"
