@@ -1,6 +1,7 @@
 """Exact GGN vs KFAC and EKFAC on a ResNet-18 (11.2 M parameters), 256 images of 3x32x32.
 
-python benchmarks/compare_scale.py [--k 3] [--probes 16] [--solve-maxiter 20] [--json OUT]
+python benchmarks/compare_scale.py [--k 3] [--probes 8] [--solve-maxiter 10] [--eig-maxiter 4]
+                                   [--json OUT]
 
 Each measurement runs in a fresh process (``--part``) with ``MALLOC_MMAP_THRESHOLD_`` set,
 so the resident set falls when memory is freed (``benchmarks.timing.PeakRss``):
@@ -8,7 +9,7 @@ so the resident set falls when memory is freed (``benchmarks.timing.PeakRss``):
             its time and the peak resident set above the process's level before it;
   gradient: one full-data gradient in eval mode (the floor of the products);
   compare:  building GGNOperator, KFACOperator, EKFACOperator and
-            ``compare(ggn, {KFAC, EKFAC}, k, n_probes, solve_maxiter)``: the time of each
+            ``compare(ggn, {KFAC, EKFAC}, k, n_probes, solve_maxiter, eig_maxiter)``: the time of each
             part, ``Comparison.cost`` (products per operator, memory estimate), the peak
             resident set above the level before building.
 Ratios: compare's peak / the training step's peak (both above the process's level, and
@@ -61,7 +62,7 @@ def gradient() -> dict:
     return {"seconds": min(times)}
 
 
-def compare_run(k: int, probes: int, solve_maxiter: int) -> dict:
+def compare_run(k: int, probes: int, solve_maxiter: int, eig_maxiter: int) -> dict:
     import curvops
     from curvops.compare import compare
 
@@ -77,8 +78,9 @@ def compare_run(k: int, probes: int, solve_maxiter: int) -> dict:
         seconds["build EKFAC"] = time.perf_counter() - start
         start = time.perf_counter()
         rep = compare(
-            ggn, {"KFAC": kfac, "EKFAC": ekfac}, k=k, n_probes=probes, solve_maxiter=solve_maxiter
-        )
+            ggn, {"KFAC": kfac, "EKFAC": ekfac}, k=k, n_probes=probes,
+            solve_maxiter=solve_maxiter, eig_maxiter=eig_maxiter,
+        )  # fmt: skip
         seconds["compare"] = time.perf_counter() - start
     return {
         "P": ggn.shape[0],
@@ -95,7 +97,8 @@ def part(name: str, args: argparse.Namespace) -> dict:
     """One measurement in a fresh process; its JSON result."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     cmd = [sys.executable, __file__, "--part", name, "--k", str(args.k), "--probes",
-           str(args.probes), "--solve-maxiter", str(args.solve_maxiter)]  # fmt: skip
+           str(args.probes), "--solve-maxiter", str(args.solve_maxiter), "--eig-maxiter",
+           str(args.eig_maxiter)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -103,15 +106,18 @@ def part(name: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=3)
-    p.add_argument("--probes", type=int, default=16)
-    p.add_argument("--solve-maxiter", type=int, default=20)
+    p.add_argument("--probes", type=int, default=8)
+    p.add_argument("--solve-maxiter", type=int, default=10)
+    p.add_argument("--eig-maxiter", type=int, default=4)
     p.add_argument("--json", type=Path)
     p.add_argument("--part", choices=["train", "gradient", "compare"])
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.part:
         fn = {"train": train_step, "gradient": gradient}.get(args.part)
-        result = fn() if fn else compare_run(args.k, args.probes, args.solve_maxiter)
+        result = (
+            fn() if fn else compare_run(args.k, args.probes, args.solve_maxiter, args.eig_maxiter)
+        )
         print(json.dumps(result))
         return
     results = {name: part(name, args) for name in ("train", "gradient", "compare")}

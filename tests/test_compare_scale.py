@@ -104,6 +104,22 @@ def test_the_cost_is_stated(ops):
         )
 
 
+def test_eig_maxiter_bounds_the_spectral_products(ops):
+    *_, G, approx = ops
+    free = compare(G, approx, k=3, dense_max=0, n_probes=10, block_probes=0, ncv=8)
+    assert free.cost["eigsh_converged"] == {"exact": True, "KFAC": True, "EKFAC": True}
+    with pytest.warns(UserWarning):  # one cycle of ncv = 8 does not converge the top 3
+        tight = compare(G, approx, k=3, dense_max=0, n_probes=10, block_probes=0, ncv=8,
+                        eig_maxiter=1, tol=1e-10)  # fmt: skip
+    assert tight.cost["eigsh_converged"] == {"exact": False, "KFAC": False, "EKFAC": False}
+    # exact: 10 probes + one cycle of 8 + the CG solve; KFAC: 10 probes + 8
+    solve = tight.cost["solve"]["iterations"]
+    assert tight.cost["products"]["exact"] <= 10 + 8 + solve + 1
+    assert tight.cost["products"]["KFAC"] <= 10 + 8 + 1
+    with pytest.raises(ValueError, match="eig_maxiter must be an integer >= 1"):
+        compare(G, approx, k=3, dense_max=0, eig_maxiter=0)
+
+
 def test_probe_memory_is_linear_in_P():
     small, large = (probe_bytes(P, 4, 2, 10, 21, 1, 100) for P in (10**6, 10**7))
     assert large == pytest.approx(10 * small, rel=1e-6)

@@ -11,6 +11,7 @@ from curvops.compare.align import align, find_blocks
 from curvops.compare.report import Comparison
 from curvops.compare.routes import Job, dense_route, probe_route
 from curvops.compare.structures import block_structures, structure_errors
+from curvops.core.checks import check_count
 from curvops.interface import TorchMatmat, torch_matmat
 
 RESTRICTED_MAX = 2**31  # P · blocks · probes up to this: per-block restricted probes by default
@@ -33,6 +34,7 @@ def compare(
     solve_tol: float = 1e-4,
     solve_maxiter: int = 100,
     precondition: bool = False,
+    eig_maxiter: int | None = None,
 ) -> Comparison:
     """Compare ``exact`` with one or several approximations (an operator, list or dict name -> op).
 
@@ -54,7 +56,9 @@ def compare(
     both with standard errors; ``block_probes`` > 0 adds that many probes per block,
     restricted to it: blocks × probes more products, exact where A_bb = B_bb; None: n_probes
     of them while P · blocks · n_probes <= ``RESTRICTED_MAX`` = 2³¹, else none), the spectra
-    from ``eigsh`` (``tol``, ``ncv``), the natural gradient of the exact operator by CG
+    from ``eigsh`` (``tol``, ``ncv``; ``eig_maxiter`` bounds its restart cycles on the probe
+    route, about ncv + (eig_maxiter − 1)(ncv − k)/2 products per operator, None: eigsh's
+    default; ``cost["eigsh_converged"]`` says whether each met ``tol``), the natural gradient of the exact operator by CG
     (``precondition=True``: preconditioned with a KFAC / EKFAC approximation's closed-form
     inverse), at most ``solve_maxiter`` products to a relative residual ``solve_tol``
     (reported in ``Comparison.cost``).
@@ -74,6 +78,8 @@ def compare(
             )
     if not 0 < k < A.size:
         raise ValueError(f"k must be in [1, P) with P={A.size}, got {k}")
+    if eig_maxiter is not None:
+        check_count("eig_maxiter", eig_maxiter, 1)
     blocks = find_blocks(exact, list(ops.values()))
     if block_probes is None:
         small = A.size * len(blocks) * n_probes <= RESTRICTED_MAX
@@ -85,7 +91,7 @@ def compare(
         k=k, blocks=blocks, g=_gradient(exact, gradient, A),
         damping=damping, n_probes=n_probes, seed=seed, backend=backend, tol=tol, ncv=ncv,
         block_probes=block_probes, solve_tol=solve_tol, solve_maxiter=solve_maxiter,
-        precondition=precondition,
+        precondition=precondition, eig_maxiter=eig_maxiter,
     )  # fmt: skip
     dense = A.size <= dense_max
     exact_part, reports = (dense_route if dense else probe_route)(job)

@@ -55,6 +55,8 @@ class Job:
     solve_tol: float = 1e-4  # natural gradient, probe route
     solve_maxiter: int = 100
     precondition: bool = False  # the exact solve preconditioned by an approximation's inverse
+    eig_maxiter: int | None = None  # eigsh's restart cycles, probe route (None: its default)
+    converged: dict = field(default_factory=dict)  # operator -> its top-k converged
     cost: dict = field(default_factory=dict)  # filled by the route
     mms: dict = field(default_factory=dict)  # name -> the counting products
     start: dict = field(default_factory=dict)  # name -> n_matvecs before the route
@@ -134,8 +136,7 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     exact_how = _estimator(job, None)
     sums = _probe_sums(job, mms, how, exact_how)
     A_sums, diffs_sums, traces = sums
-    eigA = eigsh(job.A, k=job.k, which="LA", tol=job.tol, backend=job.backend, seed=job.seed,
-                 ncv=job.ncv)  # fmt: skip
+    eigA = _top(job, job.A, "exact")
     UA = torch.as_tensor(eigA.eigenvectors, dtype=torch.float32)
     lam = job.damping if job.damping is not None else 1e-3 * float(eigA.eigenvalues[0])
     natA, solve = (None, None)
@@ -154,8 +155,7 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
         D = diffs_sums[name]
         err, err_se = ratio_sqrt(D.sq, A_sums.sq)
         trB, seB = _trace_of(op, traces[name])
-        eigB = eigsh(mms[name], k=job.k, which="LA", tol=job.tol, backend=job.backend,
-                     seed=job.seed, ncv=job.ncv)  # fmt: skip
+        eigB = _top(job, mms[name], name)
         UB = torch.as_tensor(eigB.eigenvectors, dtype=torch.float32)
         cosines = torch.linalg.svdvals((UA.T @ UB).double()).numpy()
         del UB, eigB.eigenvectors
@@ -196,9 +196,17 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     )  # fmt: skip
     job.cost = cost_record(
         mms, start, memory, probes=job.n_probes, chunk_columns=c, solve=solve,
-        block_estimator={"exact": exact_how, **how},
+        block_estimator={"exact": exact_how, **how}, eigsh_converged=job.converged,
     )  # fmt: skip
     return {**exact_part, **_exact_block_fields(job.blocks, norms, zero)}, reports
+
+
+def _top(job: Job, mm: TorchMatmat, name: str):
+    """The top-k eigenpairs by ``eigsh``, at most ``job.eig_maxiter`` restart cycles."""
+    res = eigsh(mm, k=job.k, which="LA", tol=job.tol, backend=job.backend, seed=job.seed,
+                ncv=job.ncv, max_iter=job.eig_maxiter)  # fmt: skip
+    job.converged[name] = bool(res.all_converged)
+    return res
 
 
 def _estimator(job: Job, op) -> str:
