@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def layer_labels(model, names: Sequence[str]) -> list[str]:
+PathArg = str | os.PathLike[str] | None
+
+
+def layer_labels(model: Any, names: Sequence[str]) -> list[str]:
     """Module names with their type, e.g. "0" -> "0 Linear", for figure labels."""
     modules = dict(model.named_modules())
     return [f"{n} {type(modules[n]).__name__}" if n in modules else n for n in names]
 
 
-def subplots(ncols: int, size: tuple[float, float] = (6, 4)):
+def subplots(ncols: int, size: tuple[float, float] = (6, 4)) -> tuple[Figure, list[Axes]]:
     """A figure with ``ncols`` axes side by side, each ``size`` inches: (fig, [axes])."""
     fig, axes = _plt().subplots(1, ncols, figsize=(size[0] * ncols, size[1]), squeeze=False)
     return fig, list(axes[0])
 
 
-def save(fig, path):
+def save(fig: Figure, path: PathArg) -> Figure:
     """Write ``fig`` to ``path`` (folders created) and close it; returns the figure."""
     return _finish(fig, path)
 
@@ -48,7 +56,9 @@ def _axes(ax, size=(6, 4)):
     return fig, ax
 
 
-def plot_spectrum(spectra, ax=None, path=None, title="Top eigenvalues"):
+def plot_spectrum(
+    spectra: Any, ax: Axes | None = None, path: PathArg = None, title: str = "Top eigenvalues"
+) -> Figure:
     """Eigenvalue index vs value; ``spectra``: an array, an EigenResult, or a dict name -> either."""
     fig, ax = _axes(ax)
     items = spectra.items() if isinstance(spectra, Mapping) else [("", spectra)]
@@ -77,7 +87,13 @@ def _scale_for(ax, arrays) -> None:
         ax.set_yscale("log")
 
 
-def plot_density(density, ax=None, path=None, log=False, title="Spectral density (SLQ)"):
+def plot_density(
+    density: Any,
+    ax: Axes | None = None,
+    path: PathArg = None,
+    log: bool = False,
+    title: str = "Spectral density (SLQ)",
+) -> Figure:
     """The density ρ(λ) on its grid; ``log=True`` for a log-scaled density axis."""
     fig, ax = _axes(ax)
     grid, rho = np.asarray(density.grid), np.asarray(density.density)
@@ -95,11 +111,11 @@ def plot_density(density, ax=None, path=None, log=False, title="Spectral density
 def plot_layers(
     names: Sequence[str],
     values: Sequence[float] | np.ndarray,
-    ax=None,
-    path=None,
-    title="Per-layer top eigenvalue",
-    ylabel=r"$\lambda_{\max}$ of the layer block",
-):
+    ax: Axes | None = None,
+    path: PathArg = None,
+    title: str = "Per-layer top eigenvalue",
+    ylabel: str = r"$\lambda_{\max}$ of the layer block",
+) -> Figure:
     """Bars per layer; non-finite values are drawn as hatched empty bars, labelled."""
     fig, ax = _axes(ax, size=(max(6, 0.6 * len(names)), 4))
     heights = np.asarray(values, dtype=float)
@@ -122,7 +138,7 @@ def _tick_labels(ax, x, names) -> None:
         ax.set_xticks(x, names, rotation=30, ha="right")
 
 
-def plot_comparison(comparison, path=None, title=None):
+def plot_comparison(comparison: Any, path: PathArg = None, title: str | None = None) -> Figure:
     """Spectra overlaid, per-block relative errors, principal-angle cosines, and (when the
     approximations report block structures, as KFAC / EKFAC do) the errors per structure.
     ``title`` (e.g. the model's name) heads the line that defines the symbols."""

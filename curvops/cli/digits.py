@@ -6,6 +6,7 @@ No download: ``sklearn.datasets.load_digits`` ships with scikit-learn (1,797 ima
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,9 @@ def make_cnn(channels: int = 6) -> nn.Sequential:
     )
 
 
-def train(model: nn.Module, data: DigitsData, epochs: int = 60, lr: float = 1e-2, seed: int = 0):
+def train(
+    model: nn.Module, data: DigitsData, epochs: int = 60, lr: float = 1e-2, seed: int = 0
+) -> list[float]:
     """Adam on the mean cross-entropy; returns the per-epoch training losses."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -96,7 +99,7 @@ def train(model: nn.Module, data: DigitsData, epochs: int = 60, lr: float = 1e-2
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches) -> float:
+def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
     correct = sum(int((model(X).argmax(1) == y).sum()) for X, y in batches)
     return correct / sum(len(y) for _, y in batches)
 

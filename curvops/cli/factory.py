@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ def importable(folder: Path) -> Iterator[None]:
             sys.path.remove(entry)
 
 
-def load_factory(spec: str):
+def load_factory(spec: str) -> Callable[..., Any]:
     """``"path/to/file.py:make"`` -> the function ``make`` defined in that file (imported
     with the file's folder on sys.path)."""
     path, sep, name = spec.rpartition(":")
@@ -96,7 +96,7 @@ def load_problem(spec: str) -> Problem:
     return problem
 
 
-def call_factory(spec: str):
+def call_factory(spec: str) -> tuple[Any, Any, Any]:
     """Run the factory; returns ``(model, loss_fn, data)`` (an optimizer is dropped)."""
     problem = load_problem(spec)
     return problem.model, problem.loss_fn, problem.data

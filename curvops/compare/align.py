@@ -65,7 +65,7 @@ def align(exact: Any, op: Any, name: str) -> tuple[Any, str]:
 
     Raises ValueError naming the parameters when the two operators hold different tensors.
     """
-    mine, theirs = _positions(exact), _positions(op)
+    mine, theirs = param_positions(exact), param_positions(op)
     if mine is None or theirs is None:
         return op, "shape"
     if mine.keys() != theirs.keys():
@@ -102,15 +102,19 @@ def blocks_in_exact_order(op: Any, exact: Any) -> list[Block]:
 
 def _blocks_of(source: Any, exact: Any) -> list[Block]:
     """``source``'s blocks as parameter groups, indexed in the exact operator's flat order."""
-    names, layout, where = block_names(source), getattr(source, "layout", None), _positions(exact)
-    if layout is None or where is None or _positions(source) is None:  # matched by shape
+    names, layout, where = (
+        block_names(source),
+        getattr(source, "layout", None),
+        param_positions(exact),
+    )
+    if layout is None or where is None or param_positions(source) is None:  # matched by shape
         index = [torch.arange(s.start, s.stop) for s in source.block_slices]
     else:
         index = [torch.cat([where[id(layout.params[i])] for i in blk]) for blk in layout.blocks]
     return [Block(n, i) for n, i in zip(names, index)]
 
 
-def _positions(op: Any) -> dict[int, torch.Tensor] | None:
+def param_positions(op: Any) -> dict[int, torch.Tensor] | None:
     """id(parameter) -> the indices of its entries in op's flat vector, in op's order."""
     params = getattr(op, "params", None)
     if params is None or not all(isinstance(p, torch.Tensor) for p in params):

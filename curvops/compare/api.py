@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,12 +19,12 @@ RESTRICTED_MAX = 2**31  # P · blocks · probes up to this: per-block restricted
 
 
 def compare(
-    exact,
-    approx,
+    exact: Any,
+    approx: Any,
     k: int = 10,
     n_probes: int = 100,
     seed: int = 0,
-    gradient=None,
+    gradient: torch.Tensor | np.ndarray | None = None,
     damping: float | None = None,
     dense_max: int = 3000,
     backend: str = "lanczos",

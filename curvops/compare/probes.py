@@ -17,6 +17,8 @@ Standard errors: the delta method for ratios of means, the jackknife over probes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +83,9 @@ def pair_estimate(M: torch.Tensor) -> tuple[float, np.ndarray]:
     return float(theta), loo
 
 
-def jackknife_ratio(num: tuple[float, np.ndarray], den: tuple[float, np.ndarray]):
+def jackknife_ratio(
+    num: tuple[float, np.ndarray], den: tuple[float, np.ndarray]
+) -> tuple[float, float]:
     """√R for R = θ_num / θ_den (a negative estimate counts as 0) and its standard error
     √(R + s_R) − √R, s_R R's jackknife error (≈ s_R / 2√R, the delta method, when R ≫ s_R;
     √s_R when R ≈ 0)."""
@@ -135,7 +139,12 @@ class Sums:
 
 
 def accumulate(
-    Z: Probes, lo: int, Zc: torch.Tensor, products: list[torch.Tensor], sums: list[Sums], blocks
+    Z: Probes,
+    lo: int,
+    Zc: torch.Tensor,
+    products: list[torch.Tensor],
+    sums: list[Sums],
+    blocks: Sequence[Any],
 ) -> None:
     """Add the probes lo .. lo + c (Zc (P, c)) and products M Zc (P, c), one per Sums."""
     hi = lo + Zc.shape[1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +149,7 @@ class Comparison:
             lines.append(f"  {b}: {errors}")
         return lines
 
-    def plot(self, path=None):
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
         """Spectra overlaid, per-block errors and subspace overlap; saved to ``path`` if given."""
         from curvops.plot import plot_comparison
 
@@ -158,7 +160,7 @@ def _pm(value: float, stderr: float) -> str:
     return f"{value:.4g}" + (f" ± {stderr:.2g}" if stderr else "")
 
 
-def jsonable(obj):
+def jsonable(obj: Any) -> Any:
     """``obj`` with numpy arrays / scalars as Python lists / numbers and NaN, inf as None."""
     if isinstance(obj, dict):
         return {k: jsonable(v) for k, v in obj.items()}

@@ -12,6 +12,7 @@ is stated, not assumed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def preconditioner(approx: dict, lam: float) -> tuple[str, Apply] | None:
 
 
 def exact_solve(
-    exact,
+    exact: Any,
     A: TorchMatmat,
     g: torch.Tensor,
     lam: float,
@@ -79,7 +80,7 @@ def exact_solve(
     return x.double().cpu(), info
 
 
-def approx_solve(op, lam: float, g: torch.Tensor, tol: float, maxiter: int) -> torch.Tensor:
+def approx_solve(op: Any, lam: float, g: torch.Tensor, tol: float, maxiter: int) -> torch.Tensor:
     """(B + λI)⁻¹ g (P,) in float64 on the host: closed form when B has one."""
     inverse_op = damped_inverse(op, lam, tol=tol, maxiter=maxiter)
     if hasattr(inverse_op, "torch_matmat"):

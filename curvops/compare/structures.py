@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
-from curvops.compare.align import Block
+from curvops.compare.align import Block, param_positions
 
 
 def block_structures(op: Any, exact: Any, blocks: list[Block]) -> dict[str, str]:
@@ -23,7 +21,7 @@ def block_structures(op: Any, exact: Any, blocks: list[Block]) -> dict[str, str]
     ``op`` reports none, or is matched by shape only)."""
     structures = getattr(op, "structures", None)
     layout = getattr(op, "layout", None)
-    where = _positions(exact)
+    where = param_positions(exact)
     if not structures or layout is None or where is None:
         return {}
     size = sum(p.numel() for p in exact.params)
@@ -52,14 +50,3 @@ def structure_errors(
         num[structure] = num.get(structure, 0.0) + abs_errors[name] ** 2
         den[structure] = den.get(structure, 0.0) + norms[name] ** 2
     return {s: math.sqrt(num[s] / den[s]) if den[s] > 0 else math.nan for s in num}
-
-
-def _positions(op: Any) -> dict[int, torch.Tensor] | None:
-    params = getattr(op, "params", None)
-    if params is None:
-        return None
-    out, start = {}, 0
-    for p in params:
-        out[id(p)] = torch.arange(start, start + p.numel())
-        start += p.numel()
-    return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -61,7 +64,7 @@ def check_finite(result: torch.Tensor, what: str) -> None:
         )
 
 
-def check_params_finite(params, names) -> None:
+def check_params_finite(params: Sequence[torch.Tensor], names: Sequence[str]) -> None:
     for p, name in zip(params, names):
         if not bool(torch.isfinite(p).all()):
             raise FloatingPointError(
@@ -78,7 +81,13 @@ def check_length(n: int, P: int) -> None:
         )
 
 
-def check_numpy_input(x, P: int) -> None:
+def _check_shape(shape: tuple[int, ...], P: int) -> None:
+    if len(shape) not in (1, 2):
+        raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {shape}")
+    check_length(shape[0], P)
+
+
+def check_numpy_input(x: Any, P: int) -> None:
     """A real floating-point numpy (P,) or (P, k) array (finiteness: ``check_torch_input``)."""
     x = np.asarray(x)
     if np.iscomplexobj(x) or not np.issubdtype(x.dtype, np.floating):
@@ -86,12 +95,10 @@ def check_numpy_input(x, P: int) -> None:
             f"expected a real floating-point array, got dtype {x.dtype}: convert it with "
             "x.astype(op.dtype) (complex vectors are not supported)"
         )
-    if x.ndim not in (1, 2):
-        raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {x.shape}")
-    check_length(x.shape[0], P)
+    _check_shape(tuple(x.shape), P)
 
 
-def check_torch_input(M, P: int) -> None:
+def check_torch_input(M: Any, P: int) -> None:
     """A real floating-point torch (P,) or (P, k) tensor of finite values."""
     if not isinstance(M, torch.Tensor):
         raise TypeError(f"torch_matmat expects a torch.Tensor, got {type(M).__name__}")
@@ -100,9 +107,7 @@ def check_torch_input(M, P: int) -> None:
             f"expected a real floating-point tensor, got {M.dtype}: convert it with "
             "M.to(op.torch_dtype) (complex vectors are not supported)"
         )
-    if M.ndim not in (1, 2):
-        raise ValueError(f"expected a vector (P,) or a matrix (P, k), got shape {tuple(M.shape)}")
-    check_length(M.shape[0], P)
+    _check_shape(tuple(M.shape), P)
     if not bool(torch.isfinite(M).all()):
         raise FloatingPointError(
             "the vector(s) to multiply hold NaN or inf values; pass finite directions"

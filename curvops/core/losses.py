@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -130,7 +131,7 @@ class BCEWithLogits(OutputLoss):
         self.weight: torch.Tensor | None = loss_fn.weight  # type: ignore[assignment]
         self.pos_weight: torch.Tensor | None = loss_fn.pos_weight  # type: ignore[assignment]
 
-    def check_targets(self, f, y):
+    def check_targets(self, f: torch.Tensor, y: torch.Tensor) -> None:
         super().check_targets(f, y)
         if not y.is_floating_point():
             raise ValueError(
@@ -138,7 +139,7 @@ class BCEWithLogits(OutputLoss):
                 f"got {y.dtype}: pass y.float()"
             )
 
-    def check_sampling(self):
+    def check_sampling(self) -> None:
         if self.pos_weight is not None:
             raise ValueError(
                 "the Monte-Carlo Fisher is undefined for BCEWithLogitsLoss(pos_weight=...): "
@@ -148,7 +149,7 @@ class BCEWithLogits(OutputLoss):
                 "Fisher, or drop pos_weight"
             )
 
-    def weights(self, f, y):
+    def weights(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         w = None if self.weight is None else self.weight.to(f)
         if self.pos_weight is not None:
             positive = self.pos_weight.to(f) * y + (1 - y)
@@ -187,7 +188,7 @@ class CrossEntropy(OutputLoss):
         self.ignore_index: int = loss_fn.ignore_index  # type: ignore[assignment]
         self.label_smoothing: float = loss_fn.label_smoothing  # type: ignore[assignment]
 
-    def check_targets(self, f, y):
+    def check_targets(self, f: torch.Tensor, y: torch.Tensor) -> None:
         if f.ndim < 2:
             raise ValueError(f"CrossEntropyLoss needs outputs (B, C, ...), got {tuple(f.shape)}")
         if y.is_floating_point():
@@ -213,7 +214,7 @@ class CrossEntropy(OutputLoss):
                 f"[{int(y.min())}, {int(y.max())}]"
             )
 
-    def term_axes(self, f):
+    def term_axes(self, f: torch.Tensor) -> tuple[int, ...]:
         return tuple(range(2, f.ndim))
 
     def _class_weights(self, f: torch.Tensor) -> torch.Tensor:
@@ -232,7 +233,7 @@ class CrossEntropy(OutputLoss):
         onehot = nn.functional.one_hot(y.clamp(0, C - 1), C).to(f.dtype)
         return valid * (torch.movedim(onehot, -1, 1) * (1 - eps) + eps / C) * w_b
 
-    def weights(self, f, y):
+    def weights(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         if y.is_floating_point():
             return self._mass(f, y).sum(dim=1, keepdim=True)
         w, eps = self._class_weights(f), self.label_smoothing
@@ -267,7 +268,7 @@ class CrossEntropy(OutputLoss):
         return sqrt_pk * (eye - p)
 
 
-def output_loss(loss_fn) -> OutputLoss:
+def output_loss(loss_fn: Callable) -> OutputLoss:
     """The closed form for ``loss_fn`` (a ``TokenLoss``: its cross-entropy), or a
     ValueError naming the supported losses."""
     loss_fn = loss_parts(loss_fn).loss_fn
@@ -282,10 +283,10 @@ def output_loss(loss_fn) -> OutputLoss:
             f"loss {type(loss_fn).__name__} is not supported here; supported: {SUPPORTED} "
             "(HessianOperator accepts any differentiable loss)"
         )
-    return kind(loss_fn)
+    return kind(loss_fn)  # type: ignore[arg-type]  # an nn.Module: its type is a key above
 
 
-def target_checker(loss_fn) -> OutputLoss | None:
+def target_checker(loss_fn: Callable) -> OutputLoss | None:
     """The closed form of a supported loss, to check targets against outputs; else None."""
     try:
         return output_loss(loss_fn)

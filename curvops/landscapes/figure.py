@@ -4,25 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from curvops import plot
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def plot_landscape(result: Any, ax=None, path: str | Path | None = None):
+
+def plot_landscape(result: Any, ax: Axes | None = None, path: str | Path | None = None) -> Figure:
     """1-D: L(t) and q(t) against t; 2-D: contours of L (filled) and q (dashed lines)."""
     if ax is None:
         fig, axes = plot.subplots(1, size=(5.5, 4.2))
         ax = axes[0]
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     (_one if result.ndim == 1 else _two)(result, ax)
     return plot.save(fig, path)
 
 
-def plot_slices(slices: Sequence[Any], path: str | Path | None = None, title: str | None = None):
+def plot_slices(
+    slices: Sequence[Any], path: str | Path | None = None, title: str | None = None
+) -> Figure:
     """1-D landscapes side by side (one panel per direction, e.g. v_1, v_2, v_3), each with
     its quadratic model; ``title`` above them (default: the model's name)."""
     if not slices:

@@ -66,7 +66,7 @@ class Landscape:
         """JSON-ready (NaN as null)."""
         return encode(self)
 
-    def plot(self, path: str | Path | None = None, ax=None):
+    def plot(self, path: str | Path | None = None, ax: Any = None) -> Any:
         """``plot_landscape(self, ax, path)``."""
         from curvops.landscapes.figure import plot_landscape
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as sla
@@ -19,7 +20,7 @@ ZERO_RTOL = 1e-12  # |λ_b| <= ZERO_RTOL · max_c |λ_c| counts as zero
 
 
 def block_top_eigenvalues(
-    op,
+    op: Any,
     normalize: bool = False,
     tol: float = 1e-6,
     backend: str = "lanczos",

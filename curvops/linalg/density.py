@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -19,7 +21,7 @@ def spectral_density(
     op: OperatorLike,
     n_probes: int = 10,
     lanczos_steps: int = 80,
-    grid=None,
+    grid: np.ndarray | Sequence[float] | None = None,
     sigma: float | None = None,
     n_grid: int = 1000,
     seed: int = 0,
@@ -40,7 +42,7 @@ def spectral_density(
     count0 = A.n_matvecs
     nodes, weights = _quadrature(A, n_probes, lanczos_steps, seed)
     sigma = float(sigma) if sigma is not None else _default_sigma(nodes)
-    grid = _grid(nodes, sigma, n_grid) if grid is None else grid
+    grid = _grid(nodes, sigma, n_grid) if grid is None else np.asarray(grid, dtype=float)
     rho = _broaden(grid, nodes, weights, sigma)
     return Density(grid, rho, nodes, weights, sigma, A.n_matvecs - count0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as sla
@@ -33,7 +34,7 @@ def eigsh(
     tol: float = 1e-6,
     max_iter: int | None = None,
     backend: str = "lanczos",
-    v0=None,
+    v0: np.ndarray | torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
     ncv: int | None = None,
@@ -131,7 +132,7 @@ def _check(P, k, which, backend, tol, max_iter, ncv, seed) -> None:
     check_seed(seed)
 
 
-def with_progress(A: TorchMatmat, progress: bool, name: str):
+def with_progress(A: TorchMatmat, progress: bool, name: str) -> tuple[TorchMatmat, Any]:
     """``A`` counting its products on a tqdm bar named ``name`` (and the bar), or ``A``."""
     if not progress:
         return A, None

@@ -29,7 +29,14 @@ class DampedInverse(SymmetricTorchOperator):
     "auto" (CG if ``A.is_psd`` is true, as for GGN / Fisher / KFAC, else MINRES).
     """
 
-    def __init__(self, A, damping: float, method: str = "auto", tol: float = 1e-8, maxiter=None):
+    def __init__(
+        self,
+        A: Any,
+        damping: float,
+        method: str = "auto",
+        tol: float = 1e-8,
+        maxiter: int | None = None,
+    ) -> None:
         if not 0 <= damping < float("inf"):
             raise ValueError(
                 f"damping must be >= 0 and finite (the λ of (A + λI)⁻¹), got {damping}; a "

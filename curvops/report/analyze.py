@@ -38,7 +38,7 @@ GGN_MODES = {"ggn": "exact", "ggn-mc": "mc", "ggn-empirical": "empirical"}
 
 def build_operator(
     kind: str, model: nn.Module, loss_fn: Callable, data: Iterable, seed: int = 0, **kwargs: Any
-):
+) -> Any:
     """The curvops operator of ``kind``: hessian, ggn, ggn-mc, ggn-empirical, kfac, ekfac."""
     check_choice("curvature", kind, CurvatureKind)
     if kind == "hessian":

@@ -4,17 +4,21 @@ comparison); each panel also on its own (``plot_panel``), for the CLI and the de
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from curvops import plot
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
 PAIRS = ("top", "bottom")
 
 
-def plot_report(report: Any, path: str | Path | None = None):
+def plot_report(report: Any, path: str | Path | None = None) -> Figure:
     """The report's figure: (a) the extreme eigenvalues with their bounds, (b) the spectral
     density, (c) the layer scores, (d) the comparison; the panels of the parts present."""
     panels = [name for name in PANELS if _has(report, name)]
@@ -31,7 +35,9 @@ def plot_report(report: Any, path: str | Path | None = None):
     return plot.save(fig, path)
 
 
-def plot_panel(report: Any, name: str, ax=None, path: str | Path | None = None):
+def plot_panel(
+    report: Any, name: str, ax: Axes | None = None, path: str | Path | None = None
+) -> Figure:
     """One panel ("spectrum", "density", "layers" or "comparison") of the report, titled
     with the model and the curvature (its own figure unless ``ax`` is given)."""
     if not _has(report, name):
@@ -44,7 +50,7 @@ def plot_panel(report: Any, name: str, ax=None, path: str | Path | None = None):
     title = ax.get_title()
     ax.set_title(f"{report.model}: {report.curvature_name}, {title[:1].lower()}{title[1:]}")
     if fig is None:
-        return ax.figure
+        return cast("Figure", ax.figure)
     fig.tight_layout()
     return plot.save(fig, path)
 

@@ -85,7 +85,7 @@ def describe_device(device: torch.device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def provenance(model, op, settings: dict[str, Any]) -> Provenance:
+def provenance(model: Any, op: Any, settings: dict[str, Any]) -> Provenance:
     """The provenance of an analysis of ``model`` through the curvature operator ``op``;
     ``settings`` are stored as JSON would give them back (tuples as lists)."""
     return Provenance(

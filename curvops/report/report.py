@@ -103,12 +103,12 @@ class Report:
         """The report as aligned text: eigenvalues ± bounds, trace ± error, layers, cost."""
         return summarize(self)
 
-    def plot(self, path: str | Path | None = None):
+    def plot(self, path: str | Path | None = None) -> Any:
         """One figure page: spectrum (top and bottom, ± bounds), density, layer scores and
         the comparison when present; written to ``path`` if given. Needs matplotlib."""
         return plot_report(self, path)
 
-    def plot_landscapes(self, path: str | Path | None = None):
+    def plot_landscapes(self, path: str | Path | None = None) -> Any:
         """The loss along v_1, v_2, ... (one panel each) with the quadratic models."""
         title = f"{self.model}: loss along the top {self.curvature_name} eigenvectors"
         return plot_slices(self.landscapes, path, title)
