@@ -3,9 +3,12 @@
 For each model, one ``curvops.analyze`` call: the Hessian's top-k and bottom eigenvalues
 with their bounds, its trace and spectral density (SLQ), the per-layer top eigenvalues with
 normalised scores, the exact GGN against KFAC and EKFAC, and the loss along the top three
-eigenvectors. Writes results.json, five figures, and per model a report folder (report.json
-with provenance, report.png) and landscape_<model>.png; about a minute on 2 CPU cores.
-The figures are those of `curvops spectrum` and `compare`, one panel per model.
+eigenvectors. Then a short tracked run (``curvops.cli.demo_track``): the MLP from scratch
+under full-batch GD, its sharpness rising to 2/η, measured by a ``CurvatureTracker``.
+Writes results.json, five figures, per model a report folder (report.json with provenance,
+report.png) and landscape_<model>.png, and the tracked run's track.jsonl and track.png;
+about a minute on 2 CPU cores. The figures are those of `curvops spectrum` and `compare`,
+one panel per model.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 import curvops
 from curvops import plot
+from curvops.cli.demo_track import describe, tracked_run
 from curvops.cli.digits import accuracy, load_digits_data, make_cnn, make_mlp, train
 from curvops.cli.output import check_out, claim_out
 from curvops.cli.runtime import check_device, set_threads
@@ -83,6 +87,8 @@ def demo(out: Path, device: str | None = None, k: int = 10, progress: bool = Tru
         res, reports[name] = analyse(name, model, data.train, k, progress, out)
         results[name] = {"train_loss": history, "test_accuracy": acc, **res}
     _figures(out, reports)
+    results["track"], _ = tracked_run(out, device=device)
+    _say(f"[track] {describe(results['track'])}")
     results["seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _say(f"wrote {out / 'results.json'} and figures in {results['seconds']:.0f} s")

@@ -92,7 +92,7 @@ def _layers(records, ax) -> None:
     ax.set_yticks(np.arange(len(names)) + 0.5, names, fontsize=7)
     ax.invert_yaxis()
     ax.figure.colorbar(image, ax=ax, label="score |λ_b| / max |λ|")
-    ax.set(xlabel="step", title="Layer scores")
+    ax.set(xlabel="step", ylabel="module", title="Layer scores")
 
 
 def _edges(steps: np.ndarray) -> np.ndarray:
@@ -111,4 +111,7 @@ def _drift(records, ax) -> None:
     twin.set(ylabel="largest principal angle (°)", ylim=(-2, 92))
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best", framealpha=0.8)
+    ax.legend(  # below the axes: both curves span the full height of the panel
+        lines[0] + more[0], lines[1] + more[1], fontsize=8, ncol=2, frameon=False,
+        loc="upper center", bbox_to_anchor=(0.5, -0.17),
+    )  # fmt: skip
