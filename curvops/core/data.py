@@ -24,13 +24,22 @@ from curvops.core.denominators import Denominator
 @dataclass
 class Batch:
     """One batch on the operator's device: inputs ``X``, targets ``y``, ``size`` B, its
-    ``index`` in the data, and ``denominator`` d_b (what a "mean" loss divides it by)."""
+    ``index`` in the data, and ``denominator`` d_b (what a "mean" loss divides it by).
+    A micro-batch (``curvops.operators.exact.micro_batches``) is ``piece`` j of the data's
+    batch ``whole``, whose tensors it views."""
 
     X: Any
     y: Any
     size: int
     index: int
     denominator: float = 1.0
+    piece: int = 0
+    whole: Batch | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(index, piece): the batch's place in a pass."""
+        return self.index, self.piece
 
 
 class DataLoop:

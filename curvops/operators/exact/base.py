@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from curvops.core.data import Batch
 from curvops.core.memory import auto_budget_mib
 from curvops.core.options import ColumnMode, check_choice
 from curvops.operators.base import CurvatureOperator
 from curvops.operators.exact.columns import ColumnPlan, device_of
 from curvops.operators.exact.graph_cache import GraphCache
+from curvops.operators.exact.micro_batches import check_micro_batch_size, split_batch
 
 
 def active_blocks(M: torch.Tensor, slices: list[slice]) -> list[bool]:
@@ -39,6 +41,11 @@ class ExactOperator(CurvatureOperator):
     operator is built (``curvops.core.memory``). The same budget bounds the batches of a
     DataLoader kept on the device after the first product (``curvops.core.data.DataLoop``):
     later products replay them instead of reading the loader, so their graphs are reused.
+    ``micro_batch_size``: None (whole batches) or m >= 1: every batch of B > m rows runs as
+    ⌈B/m⌉ pieces of at most m rows (views along the leading axis of its tensors, each
+    weighed by d_p / D from its own targets; ``micro_batches``), so a product, a gradient
+    and the graph cache's entries hold one piece's graph at a time; the operator is the
+    same for a model that treats its rows independently (eval mode, no batch statistics).
     ``column_mode``: "rule" (fixed by model type and size, see ``ColumnPlan``), "per_column",
     "batched" or "auto" (timed once). Other arguments: see ``CurvatureOperator``.
     """
@@ -52,9 +59,11 @@ class ExactOperator(CurvatureOperator):
         chunk_size: int | None = None,
         graph_cache_mib: float | None = None,
         column_mode: ColumnMode = "rule",
+        micro_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice("column_mode", column_mode, ColumnMode)
+        self.micro_batch_size = check_micro_batch_size(micro_batch_size)
         if graph_cache_mib is None:
             graph_cache_mib = auto_budget_mib(device_of(model))
         self._cache = GraphCache(graph_cache_mib)
@@ -74,6 +83,13 @@ class ExactOperator(CurvatureOperator):
         """Per parameter: zeros where its block has no nonzero direction, else None (to fill)."""
         live = {i for block in self._live_blocks() for i in block}
         return [None if i in live else torch.zeros_like(v) for i, v in enumerate(Vs)]
+
+    def _batches(self) -> Iterator[Batch]:
+        """The batches with loss terms, each cut into micro-batches (``micro_batch_size``);
+        a piece without loss terms (every target ignored) is skipped."""
+        size, denominator = self.micro_batch_size, self._loop.denominator
+        for batch in super()._batches():
+            yield from (p for p in split_batch(batch, size, denominator) if p.denominator)
 
     def _kept_data_bytes(self) -> float:
         return self._cache.budget if self._cache.enabled else 0.0

@@ -53,6 +53,10 @@ class GGNOperator(ExactOperator):
             (checked on every product; 0 turns it off). A product then needs no forward
             pass with jvp="reverse", and never a new graph for Jᵀ U. A DataLoader's batches
             are kept within the same budget (reuse from the second product on).
+        micro_batch_size: m rows per forward/backward at most; a larger batch runs as
+            pieces, each weighed by its own share d_p / D, so the graph held during a
+            product is a piece's (the same matrix, MC labels included: they are drawn per
+            data point; see ``ExactOperator``).
         on_stale: "recompute" (default: products follow the parameters' current values) or
             "raise" (``StaleOperatorError`` once they changed; ``op.refresh()`` accepts them).
     ``loss_fn`` must be nn.MSELoss, nn.CrossEntropyLoss (class weights, ignore_index, label

@@ -4,7 +4,8 @@ An entry is one batch's graph (e.g. its loss gradient built with ``create_graph=
 Entries are valid while (1) the model's ``ModelWatch`` token is the one they were built
 under (parameters, buffers, modules, attributes, hooks and modes: see
 ``curvops.core.watch``; compared once per product) and (2) the data yields the very same
-tensor objects, unmodified (version counters), at each index. A DataLoader's batches are
+tensor objects, unmodified (version counters), at each index (a micro-batch: its whole
+batch's tensors, its key the (index, piece) pair). A DataLoader's batches are
 such objects once the data loop keeps them (``curvops.core.data.DataLoop``, within the same
 budget): from the second product on. Data that still yield new tensors every pass (a
 loader too large to keep) turn the cache off at the first such miss.
@@ -34,7 +35,7 @@ class GraphCache:
         self.enabled = budget_mib > 0
         self.used = 0
         self.largest = 0  # bytes of the largest batch graph measured (the column plan's g)
-        self.entries: dict[int, tuple[list, Any]] = {}
+        self.entries: dict[tuple[int, int], tuple[list, Any]] = {}
         self.token: Token | None = None
         self.complete = False  # the last product found or stored every batch's graph
         self._pass_complete = False
@@ -53,10 +54,10 @@ class GraphCache:
         """The stored graph of ``batch``, or None (then build it and ``put`` it)."""
         if not self.enabled:
             return None
-        entry = self.entries.get(batch.index)
+        entry = self.entries.get(batch.key)
         if entry is None:
             return None
-        if not _same_tensors(entry[0], _tensors(batch)):
+        if not _same_tensors(entry[0], _tensors(batch.whole or batch)):
             self.clear()  # new tensor objects each pass: a DataLoader; caching cannot help
             self.enabled = False
             return None
@@ -69,7 +70,7 @@ class GraphCache:
         value, nbytes = _with_graph_size(fn, [*exclude, *_tensors(batch)])
         self.largest = max(self.largest, nbytes)
         if self.used + nbytes <= self.budget:
-            self.entries[batch.index] = (_tensors(batch), value)
+            self.entries[batch.key] = (_tensors(batch.whole or batch), value)
             self.used += nbytes
         else:
             self._pass_complete = False

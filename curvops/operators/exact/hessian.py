@@ -36,6 +36,9 @@ class HessianOperator(ExactOperator):
     instead of a forward, a backward and a second backward; a matmat with a complete cache
     runs as one product per column. A DataLoader's batches are kept within the same budget,
     so it gets the same reuse as a list from the second product on.
+    ``micro_batch_size``: m rows per forward/backward at most; a larger batch runs as pieces,
+    each weighed by its own share d_p / D, so the graph held during a product is a piece's
+    (the same matrix; see ``ExactOperator``).
     With ``blocks`` each block multiplies only its own slice: H_bb v_b, no cross terms; a
     block whose directions are all zero costs nothing (its second backward is skipped).
     Other keyword arguments: see ``CurvatureOperator``.
