@@ -36,12 +36,19 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
 
 
 def _row_checksums(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """(B,) int64: one checksum per leading-axis row of ``t`` from its values."""
-    flat = t.detach().reshape(rows, -1).to(torch.float64)
+    """(B,) int64: one checksum per leading-axis row of ``t``, from the exact bits of its
+    values: c_b = XOR_j mix(bits(t_bj) ^ mix(j)). Integer operations only, so the same on
+    every device and under any summation order (a float sum's rounding would not be)."""
+    flat = t.detach().reshape(rows, -1).to(torch.float64) + 0.0  # -0.0 -> 0.0: equal values
     n = flat.shape[1]
-    weights = torch.cos(torch.arange(1, n + 1, device=flat.device, dtype=torch.float64) * 0.618)
-    value = flat @ weights + flat.abs().sum(dim=1) * 1e-3 + n
-    return value.view(torch.int64)  # the bit pattern: equal values, equal keys
+    position = _mix(torch.arange(n, device=flat.device, dtype=torch.int64))
+    z = _mix(flat.view(torch.int64) ^ position)
+    while z.shape[1] > 1:  # a pairwise XOR reduction: exact, order-free
+        if z.shape[1] % 2:
+            z = torch.cat([z, torch.zeros_like(z[:, :1])], dim=1)
+        half = z.shape[1] // 2
+        z = z[:, :half] ^ z[:, half:]
+    return z[:, 0] if n else torch.zeros(rows, dtype=torch.int64, device=flat.device)
 
 
 def _tensors(obj: object) -> list[torch.Tensor]:

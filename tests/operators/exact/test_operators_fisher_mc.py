@@ -92,3 +92,55 @@ def test_point_sampler_draws_do_not_depend_on_the_batch():
     assert abs(float(many.mean()) - 0.5) < 0.01 and abs(float(many.var()) - 1 / 12) < 0.005
     normal = PointSampler(1, Batch(X, y, 6, 0), X.device).normal((2000, 6, 5), torch.float64)
     assert abs(float(normal.mean())) < 0.02 and abs(float(normal.var()) - 1) < 0.03
+
+
+def test_point_keys_come_from_exact_bits_not_a_float_sum():
+    """The keys are integer hashes of the values' bits: the same for any memory layout or
+    dtype holding the same values (a float dot product's rounding, which changes with the
+    device's summation order, does not enter), and different for a 1-ulp change."""
+    from curvops.core.data import Batch
+    from curvops.core.seeds import point_keys
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 37, generator=gen).double()
+    y = torch.randint(0, 5, (64,), generator=gen)
+    keys = point_keys(11, Batch(X, y, 64, 0), X.device)
+    assert len(set(keys.tolist())) == 64
+    layout = X.T.contiguous().T  # another memory order, same values
+    assert torch.equal(point_keys(11, Batch(layout, y, 64, 0), X.device), keys)
+    as_float32 = X.float()  # the same values after the round trip
+    as_float32_keys = point_keys(11, Batch(as_float32, y, 64, 0), X.device)
+    assert torch.equal(
+        as_float32_keys, point_keys(11, Batch(as_float32.double(), y, 64, 0), X.device)
+    )
+    nudged = X.clone()
+    nudged[5, 20] = torch.nextafter(nudged[5, 20], torch.tensor(10.0, dtype=torch.float64))
+    changed = point_keys(11, Batch(nudged, y, 64, 0), X.device) != keys
+    assert changed.tolist() == [i == 5 for i in range(64)]
+    signed_zero = torch.zeros(2, 3, dtype=torch.float64)
+    signed_zero[0, 1] = -0.0
+    zk = point_keys(0, Batch(signed_zero, torch.zeros(2, dtype=torch.long), 2, 0), X.device)
+    assert zk[0] == zk[1]
+
+
+def _splitmix(z: int) -> int:
+    m = 2**64
+    z = (z + 0x9E3779B97F4A7C15) % m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return z ^ (z >> 31)
+
+
+def test_row_checksum_is_the_integer_definition():
+    """c_b = XOR_j mix(bits(x_bj) ^ mix(j)), written here with Python integers."""
+    import struct
+
+    from curvops.core.seeds import _row_checksums
+
+    X = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for b in range(3):
+        c = 0
+        for j, x in enumerate(X[b].tolist()):
+            bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+            c ^= _splitmix(bits ^ _splitmix(j))
+        assert int(_row_checksums(X, 3)[b]) % 2**64 == c
