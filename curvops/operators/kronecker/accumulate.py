@@ -11,6 +11,7 @@ unit vectors at its uses' outputs (Σ Jᵀ J / (N R)).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -29,6 +30,18 @@ from curvops.operators.kronecker.norms import closed_form
 from curvops.operators.kronecker.tying import Plan
 
 STACK = 64  # output vectors stacked per vector-Jacobian batch of a fallback block
+
+
+@dataclass
+class Route:
+    """Per use of a batch: (layer, rows, feeds A) it feeds, its fallback blocks, their
+    parameters by id, and whether its vectors wait for ``_flush`` (a block of the use has
+    vmapped products: stacked, so that all of the block's uses see the same vectors)."""
+
+    layers: list[tuple[int, slice, bool]]
+    blocks: list[int]
+    wanted: dict[int, torch.Tensor]
+    waits: bool
 
 
 class FactorPass:
@@ -50,7 +63,6 @@ class FactorPass:
         self.layers = [LayerSums(lay, like, forward_only) for lay in plan.layers]
         self.fallbacks = [FallbackSums(fb, like) for fb in plan.fallbacks]
         self._pending: dict[int, list] = {}  # use index -> its waiting chunk entries
-        self._vmapped: set[int] = set()
         self._stacked = 0
 
     def run(self, batches, weight: Callable[[Batch], float]) -> None:
@@ -64,18 +76,26 @@ class FactorPass:
     def _batch(self, batch: Batch, w: float) -> None:
         """One batch (its graph dies on return, before the next forward pass)."""
         bp = self.collector(batch, w, max_columns=1, on_use=self._on_use)
-        self._vmapped = {
+        vmapped = {
             j
             for use in bp.uses
             if use.role is None and not closed_form(use.module)
             for j in self.plan.fallback_targets(use)
-        }  # blocks with a module whose products are vmapped: their vectors are stacked
+        }  # blocks with a module whose products are vmapped: all their uses' vectors wait
+        routes = [self._route(use, vmapped) for use in bp.uses]
         for entries in bp.chunks:
-            self._add_chunk(bp.uses, entries)
+            self._add_chunk(bp.uses, routes, entries)
             del entries  # freed before the next vector's backward pass
         self._flush(bp.uses)
         if self.forward_only:
             self._add_units(bp.uses)
+
+    def _route(self, use: Use, vmapped: set[int]) -> Route:
+        """Where a use's output vectors go, found once per batch (not per vector)."""
+        blocks = self.plan.fallback_targets(use)
+        wanted = {pid: p for j in blocks for pid, p in self.fallbacks[j].params.items()}
+        waits = any(j in vmapped for j in blocks)
+        return Route(self.plan.layer_targets(use), blocks, wanted, waits)
 
     def _on_use(self, use: Use) -> None:
         """In the forward pass: the inputs into A, then dropped unless still needed."""
@@ -86,26 +106,19 @@ class FactorPass:
         if not self.plan.fallback_targets(use):
             use.drop_inputs()
 
-    def _add_chunk(self, uses: list[Use], entries: list) -> None:
+    def _add_chunk(self, uses: list[Use], routes: list[Route], entries: list) -> None:
         """One vector: b into the layers' G and the fallback blocks (summed over a block's
-        uses per point); the entries of vmapped blocks wait for ``_flush``."""
+        uses per point); the entries of vmapped modules wait for ``_flush``."""
         per_block: dict[int, list[dict]] = {}
-        for k, (use, entry) in enumerate(zip(uses, entries)):
-            if use.role is not None:
-                for i, rows, _ in self.plan.layer_targets(use):
-                    self.layers[i].add_grads(entry, rows, self.approx)
-            targets = self.plan.fallback_targets(use)
-            if any(j in self._vmapped for j in targets):
+        for k, (use, route, entry) in enumerate(zip(uses, routes, entries)):
+            for i, rows, _ in route.layers:
+                self.layers[i].add_grads(entry, rows, self.approx)
+            if route.waits:
                 self._pending.setdefault(k, []).append(entry)
-                continue
-            if targets:  # one product for all of the use's blocks
-                wanted = {pid: p for j in targets for pid, p in self.fallbacks[j].params.items()}
-                grads = use_grads(use, entry, wanted)
-                for j in targets:
-                    mine = self.fallbacks[j].params
-                    per_block.setdefault(j, []).append(
-                        {k: g for k, g in grads.items() if k in mine}
-                    )
+            elif route.blocks:  # one product for all of the use's blocks
+                grads = use_grads(use, entry, route.wanted)
+                for j in route.blocks:
+                    per_block.setdefault(j, []).append(grads)
         for j, grads in per_block.items():
             self.fallbacks[j].add(grads)
         self._stacked += 1

@@ -99,7 +99,7 @@ class CorrectionPass:
             assert use.x is not None
             self.strategies[self.names[i][0]] = "lean"
             out.append(LeanInput(use.x, layer.role.module, layer.joint, layer.groups))
-            B, R = use.x.shape[0], use.outputs[0][0, 0].numel()
+            B, R = use.x.shape[0], math.prod(use.outputs[0].shape[2:])
         else:
             a = use.a
             assert a is not None

@@ -73,7 +73,7 @@ class LayerSums:
         a = a.reshape(a.shape[0], a.shape[1], g, -1) if g > 1 else a
         a = augment(a) if lay.joint else a
         if g == 1:
-            self.A.add_(gram(a.reshape(-1, a.shape[-1])))
+            add_gram(self.A, a.reshape(-1, a.shape[-1]))
         else:
             flat = a.reshape(-1, g, a.shape[-1])
             self.A.add_(torch.einsum("ngi,ngj->gij", flat, flat))
@@ -95,14 +95,14 @@ class LayerSums:
             bt = b.transpose(-1, -2).reshape(-1, b.shape[-1], b.shape[-2])  # (K'·B, D₂, R)
             self.G[rows, rows] += torch.bmm(bt, bt.transpose(1, 2)).sum(0)
         else:
-            self.G[rows, rows] += gram(b.reshape(-1, b.shape[-1]))
+            add_gram(self.G[rows, rows], b.reshape(-1, b.shape[-1]))
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(G, A / count) after the all-reduce (a layer never called: A = 0)."""
-        A = self.A
-        if A is not None and self.count > 0:
-            A = A / self.count
-        return self.G, A
+        """(G, A / count) after the all-reduce (a layer never called: A = 0); A is divided in
+        place (no second copy of a large A)."""
+        if self.A is not None and self.count > 0:
+            self.A.div_(self.count)
+        return self.G, self.A
 
 
 def _grouped_gram(b: torch.Tensor, g: int) -> torch.Tensor:
@@ -120,12 +120,21 @@ def gram(X: torch.Tensor, min_split: int = 512) -> torch.Tensor:
     dim = X.shape[1]
     if dim < min_split:
         return X.T @ X
+    return add_gram(X.new_zeros(dim, dim), X, min_split)
+
+
+def add_gram(out: torch.Tensor, X: torch.Tensor, min_split: int = 512) -> torch.Tensor:
+    """out += Xᵀ X in place for X (n, D), with no (D, D) temporary (a CNN head's A: 16 MiB);
+    from D >= ``min_split`` on from the upper 4 x 4 column blocks, mirrored (as ``gram``)."""
+    dim = X.shape[1]
+    if dim < min_split:
+        return out.addmm_(X.T, X)
     edges = [dim * i // 4 for i in range(5)]
     cols = [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-    G = X.new_empty(dim, dim)
     for i, si in enumerate(cols):
         for sj in cols[i:]:
-            G[si, sj] = X[:, si].T @ X[:, sj]
+            block = X[:, si].T @ X[:, sj]
+            out[si, sj] += block
             if sj != si:
-                G[sj, si] = G[si, sj].T
-    return G
+                out[sj, si] += block.T
+    return out

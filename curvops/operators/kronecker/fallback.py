@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call, vjp, vmap
 
-from curvops.operators.kronecker.hooks import Use
+from curvops.operators.kronecker.hooks import Output, Use
 from curvops.operators.kronecker.layers import weight_grads
 from curvops.operators.kronecker.norms import closed_form, norm_grads
 from curvops.operators.kronecker.tying import Fallback
@@ -152,10 +152,10 @@ def _flatten(tree) -> tuple[list, Callable[[list], tuple]]:
     return leaves, rebuild
 
 
-def unit_cotangents(outputs: list[torch.Tensor], chunk: int = UNIT_CHUNK):
+def unit_cotangents(outputs: list[Output], chunk: int = UNIT_CHUNK):
     """forward-only: chunks of every unit vector at the outputs, (K', B, *out.shape) each."""
     B = outputs[0].shape[0]
-    sizes = [o[0].numel() for o in outputs]
+    sizes = [math.prod(o.shape[1:]) for o in outputs]
     total = sum(sizes)
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)

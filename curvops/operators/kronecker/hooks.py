@@ -3,10 +3,13 @@
 A use of a Kronecker layer records its inputs a (B, R, D₁) (an embedding's token ids
 (B, R)) and its output, whose gradients b (K, B, R, D₂) are taken later; a use of any other
 module (a fallback block's owner: a norm layer, a custom module) records its arguments and
-outputs, for per-example vector-Jacobian products. The recorded outputs go on unchanged
-(no copy of every activation) unless the model modifies one in place later (``nn.ReLU(
-inplace=True)`` after a layer), which ``modified()`` tells from the tensors' version
-counters; a capture with ``clone=True`` passes clones on instead. A module called with an input of
+outputs, for per-example vector-Jacobian products. An output is kept as its place in the
+graph (``Output``: its gradient edge, shape, dtype, device), not as the tensor, which
+autograd frees unless a backward node saves it (a CNN's conv outputs: 12 MiB a batch). The
+recorded outputs go on unchanged (no copy of every activation) unless the model modifies
+one in place later (``nn.ReLU(inplace=True)`` after a layer), which ``modified()`` tells
+from the tensors' version counters (held until ``take_uses``); a capture with
+``clone=True`` passes clones on instead. A module called with an input of
 leading size 1 in a batch of B (position ids shared by the batch) has its output expanded
 to B, so that every data point gets its own output gradient.
 """
@@ -20,15 +23,36 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from curvops.operators.kronecker.functional import FunctionalLinears
 from curvops.operators.kronecker.layers import CONVS, Role, output_grads, role_inputs
 
 
+@dataclass(frozen=True, eq=False)
+class Output:
+    """A recorded output without its data: ``edge`` (autograd's gradient edge, None when it
+    needs no gradient: its gradient is 0), ``shape``, ``dtype``, ``device``."""
+
+    edge: GradientEdge | None
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> Output:
+        edge = get_gradient_edge(t) if t.requires_grad else None
+        return cls(edge, t.shape, t.dtype, t.device)
+
+    def zeros(self, *lead: int) -> torch.Tensor:
+        """Zeros (*lead, *shape): the gradient of an output f does not depend on."""
+        return torch.zeros(*lead, *self.shape, dtype=self.dtype, device=self.device)
+
+
 @dataclass(eq=False)
 class Use:
     """One call: ``role`` (None for a fallback module), ``rows`` (id(param) -> the rows of
-    it the call uses), ``outputs`` (graph nodes), ``layout`` (their gradients -> b (K, B, R,
+    it the call uses), ``outputs`` (``Output``), ``layout`` (their gradients -> b (K, B, R,
     D₂ᵤ)); its inputs ``a`` (B, R, D₁) come from ``x`` (the layer's input, which autograd
     keeps anyway) on first access — conv patches are only unfolded when asked for — until
     ``drop_inputs``. A fallback module's call keeps ``module``, ``args``, ``kwargs``."""
@@ -36,7 +60,7 @@ class Use:
     role: Role | None
     rows: dict[int, slice]
     x: torch.Tensor | None
-    outputs: list[torch.Tensor]
+    outputs: list[Output]
     layout: Callable[[torch.Tensor], torch.Tensor] | None = None
     module: nn.Module | None = None
     args: tuple = ()
@@ -142,7 +166,7 @@ class Capture:
             x = args[0] if args else next(iter(kwargs.values()))
             x, output = self._batched(module, x.detach(), output)
             rows = {id(p): slice(None) for p in role.params()}
-            self._add(Use(role, rows, x, [output], layout, batch=self.batch))
+            self._add(Use(role, rows, x, [Output.of(output)], layout, batch=self.batch))
             return self._go_on(output)
 
         return fn
@@ -161,13 +185,14 @@ class Capture:
         )
 
     def _record_functional(self, role: Role, a, out, layout, rows) -> torch.Tensor:
-        self._add(Use(role, rows, None, [out], layout, _a=a))
+        self._add(Use(role, rows, None, [Output.of(out)], layout, _a=a))
         return self._go_on(out)
 
     # ---------------------------------------------------------------- fallback modules
     def _fallback_hook(self, module, args, kwargs, output):
         outputs, rebuilt, positions = _tensor_outputs(module, output, self.batch, self._go_on)
-        use = Use(None, {}, None, outputs, module=module, positions=positions)
+        recorded = [Output.of(o) for o in outputs]
+        use = Use(None, {}, None, recorded, module=module, positions=positions)
         use.args, use.kwargs = _detached(args), _detached(kwargs)
         self._add(use)
         return rebuilt

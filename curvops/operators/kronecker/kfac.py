@@ -53,7 +53,8 @@ class KFACOperator(KroneckerOperator):
             computes the same eigendecompositions itself (no broadcast needed).
     ``op.structures`` says each block's structure ("kronecker", "kronecker-diagonal-A",
     "exact", "diagonal"), ``op.fallback_reasons`` why a fallback block is one. Factors are
-    computed at construction (one pass over the data, K backward passes per batch);
+    computed at construction (one pass over the data, K backward passes per batch: the
+    output columns, C − 1 for type-2 cross-entropy over C classes);
     ``compute()`` recomputes them idempotently.
     """
 
