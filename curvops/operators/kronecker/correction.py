@@ -105,7 +105,10 @@ class LeanInput:
 
 
 def lean_correction(b: torch.Tensor, inp: LeanInput, QG: torch.Tensor, QA: torch.Tensor):
-    """E (D₂, D₁) ((g, d₂, d₁) grouped) from unrotated b (K, B, R, D₂) and fresh patches."""
+    """E (D₂, D₁) ((g, d₂, d₁) grouped) from unrotated b (K, B, R, D₂) and fresh patches:
+    Q_Gᵀ (bᵀ a) Q_A = (b Q_G)ᵀ (a Q_A), both sides rotated before the per-example product
+    (n R (D₁² + D₂² + D₁ D₂) per chunk of n points instead of n D₁ D₂ (R + D₁ + D₂)); with
+    few positions (R² (d₁ + d₂) < d₁ d₂) through the Gramians over positions instead."""
     K, B, R, D2 = b.shape
     g = inp.groups
     E: torch.Tensor | None = None
@@ -113,15 +116,32 @@ def lean_correction(b: torch.Tensor, inp: LeanInput, QG: torch.Tensor, QA: torch
         n = a.shape[0]
         a = a.reshape(n, R, g, -1) if g > 1 else a
         a = augment(a) if inp.joint else a
-        for bk in b[:, s : s + n]:
-            if g == 1:
-                grad = bk.transpose(1, 2) @ a  # (n, D₂, D₁) per-example gradients
-            else:
-                grad = torch.einsum("nrgi,nrgj->ngij", bk.reshape(n, R, g, D2 // g), a)
-            part = (QG.transpose(-1, -2) @ grad @ QA).square().sum(0)
-            E = part if E is None else E + part
+        at = a @ QA if g == 1 else torch.einsum("nrgi,gij->nrgj", a, QA)
+        part = _lean_chunk(b[:, s : s + n], at, QG, g)
+        E = part if E is None else E + part
     assert E is not None
     return E
+
+
+def _lean_chunk(b: torch.Tensor, at: torch.Tensor, QG: torch.Tensor, g: int) -> torch.Tensor:
+    """One chunk's E from b (K, n, R, D₂) and the rotated patches at (n, R, [g,] d₁)."""
+    K, n, R, D2 = b.shape
+    if R * R * (at.shape[-1] + D2 // g) < at.shape[-1] * (D2 // g):
+        if g == 1:
+            return gramian_product(gramian_b(rotate(b, QG)), at)
+        bt = torch.einsum("knrgi,gij->knrgj", b.reshape(K, n, R, g, D2 // g), QG)
+        return gramian_product(gramian_b(bt), at)
+    part: torch.Tensor | None = None
+    for bk in b:
+        if g == 1:
+            grad = rotate(bk.unsqueeze(0), QG)[0].transpose(1, 2) @ at  # (n, D₂, D₁)
+        else:
+            bt = torch.einsum("nrgi,gij->nrgj", bk.reshape(n, R, g, D2 // g), QG)
+            grad = torch.einsum("nrgi,nrgj->ngij", bt, at)
+        sq = grad.square_().sum(0)
+        part = sq if part is None else part + sq
+    assert part is not None
+    return part
 
 
 def bias_correction(b: torch.Tensor, Q: torch.Tensor, groups: int) -> torch.Tensor:

@@ -80,6 +80,27 @@ def test_per_example_and_gramian_strategies_agree(name, approx):
     torch.testing.assert_close(dense["per_example"], dense["lean"], atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lean_correction_with_few_positions_takes_the_gramian_route(groups):
+    """A 3x3 conv on 3x3 inputs (R = 1 position per point, d1 d2 >> R^2 (d1 + d2)): the lean
+    correction's Gramian branch equals the per-example one and the dense block's diagonal."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 6, 3, groups=groups), torch.nn.Flatten(), torch.nn.Tanh(),
+        torch.nn.Linear(6, 3),
+    ).double()  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(7, 4, 3, 3, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (7,), generator=gen)) for _ in range(2)]  # fmt: skip
+    loss_fn = torch.nn.CrossEntropyLoss()
+    lean = EKFACOperator(model, loss_fn, data, correction="lean")
+    per = EKFACOperator(model, loss_fn, data, correction="per_example")
+    assert lean.strategies["0.weight"] == "lean"
+    torch.testing.assert_close(lean.to_dense(), per.to_dense(), atol=1e-12, rtol=1e-10)
+    G = dense_block_ggn(model, loss_fn, data)
+    assert rel_err(lean.to_dense(), G) <= rel_err(KFACOperator(model, loss_fn, data).to_dense(), G)
+
+
 def test_auto_strategy_picks_by_memory():
     model, loss_fn, data = make("cnn", "ce")
     op = EKFACOperator(model, loss_fn, data)
