@@ -1,7 +1,7 @@
 """Exact GGN vs KFAC and EKFAC on a ResNet-18 (11.2 M parameters), 256 images of 3x32x32.
 
 python benchmarks/compare_scale.py [--k 3] [--probes 8] [--solve-maxiter 10] [--eig-maxiter 4]
-                                   [--json OUT]
+                                   [--threads 2] [--json OUT]
 
 Each measurement runs in a fresh process (``--part``) with ``MALLOC_MMAP_THRESHOLD_`` set,
 so the resident set falls when memory is freed (``benchmarks.timing.PeakRss``):
@@ -98,7 +98,7 @@ def part(name: str, args: argparse.Namespace) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     cmd = [sys.executable, __file__, "--part", name, "--k", str(args.k), "--probes",
            str(args.probes), "--solve-maxiter", str(args.solve_maxiter), "--eig-maxiter",
-           str(args.eig_maxiter)]  # fmt: skip
+           str(args.eig_maxiter), "--threads", str(args.threads)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -109,10 +109,11 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=8)
     p.add_argument("--solve-maxiter", type=int, default=10)
     p.add_argument("--eig-maxiter", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the machine's 2 cores)")
     p.add_argument("--json", type=Path)
     p.add_argument("--part", choices=["train", "gradient", "compare"])
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.part:
         fn = {"train": train_step, "gradient": gradient}.get(args.part)
         result = (

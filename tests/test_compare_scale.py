@@ -60,7 +60,11 @@ def test_probe_route_matches_dense_route_within_stated_errors(ops, block_probes)
         np.testing.assert_allclose(p.eigenvalues, d.eigenvalues, rtol=1e-4)
         np.testing.assert_allclose(np.sort(p.cosines), np.sort(d.cosines), atol=1e-3)
         assert p.natural_gradient_cosine == pytest.approx(d.natural_gradient_cosine, abs=1e-3)
+        assert len(probe.unresolved_blocks) <= 1  # the smallest block (0.bias) at most
         for block, truth in d.block_errors.items():
+            if block in probe.unresolved_blocks:
+                assert math.isnan(p.block_errors[block])
+                continue
             _within(p.block_errors[block], p.block_stderrs[block], truth)
 
 
@@ -160,3 +164,23 @@ def test_pair_estimator_is_unbiased_for_a_diagonal_block():
     theta, loo = pair_estimate(G)
     se = math.sqrt((len(loo) - 1) / len(loo) * float(((loo - loo.mean()) ** 2).sum()))
     _within(theta, se, float(M[:10, :10].square().sum()))
+
+
+def test_blocks_the_probes_cannot_resolve_are_never_called_zero(ops):
+    """With 6 shared probes the pair estimates of ‖A_bb‖² are within their noise of 0 (some
+    negative): those blocks are listed as unresolved with NaN relative errors, not as blocks
+    of zero curvature (the dense route: every block is nonzero)."""
+    *_, G, approx = ops
+    dense = compare(G, approx, k=3)
+    assert dense.zero_blocks == [] and dense.unresolved_blocks == []
+    assert min(dense.exact_block_norms.values()) > 0.01
+    few = compare(G, approx, k=3, dense_max=0, n_probes=6, block_probes=0)
+    assert few.zero_blocks == []
+    assert few.unresolved_blocks  # noisy at 6 probes
+    for name in approx:
+        assert all(math.isnan(few[name].block_errors[b]) for b in few.unresolved_blocks)
+    assert "do not resolve" in few.summary() and "zero exact curvature" not in few.summary()
+    many = compare(G, approx, k=3, dense_max=0, n_probes=100, block_probes=0)
+    assert len(many.unresolved_blocks) < len(few.unresolved_blocks)
+    restricted = compare(G, approx, k=3, dense_max=0, n_probes=6, block_probes=6)
+    assert restricted.unresolved_blocks == []  # per-block probes: a positive sum of squares

@@ -83,6 +83,12 @@ def pair_estimate(M: torch.Tensor) -> tuple[float, np.ndarray]:
     return float(theta), loo
 
 
+def jackknife_se(loo: np.ndarray) -> float:
+    """The jackknife standard error of an estimate from its n leave-one-out values."""
+    n = len(loo)
+    return math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum())) if n > 2 else 0.0
+
+
 def jackknife_ratio(
     num: tuple[float, np.ndarray], den: tuple[float, np.ndarray]
 ) -> tuple[float, float]:

@@ -62,7 +62,9 @@ class Comparison:
     """The result of ``compare``: the exact operator's numbers and one report per approximation.
 
     ``exact_block_norms``: ‖A_bb‖_F per block; ``zero_blocks``: the blocks whose exact
-    curvature is zero (‖A_bb‖_F at round-off level of ‖A‖_F), relative errors undefined there.
+    curvature is zero (‖A_bb‖_F at round-off level of ‖A‖_F), relative errors undefined there;
+    ``unresolved_blocks`` (probe route): those whose ‖A_bb‖²_F estimate is within 2 standard
+    errors of 0, so neither zero nor measured: their relative errors are NaN too.
     ``cost``: what the comparison took (``curvops.compare.cost``): "products" per operator
     (columns multiplied; "exact" for the exact one), "memory_estimate_mib", and for the
     probe route the probes, columns per product, per-block estimators and the solve.
@@ -79,6 +81,7 @@ class Comparison:
     seconds: float
     exact_block_norms: dict[str, float] = field(default_factory=dict)
     zero_blocks: list[str] = field(default_factory=list)
+    unresolved_blocks: list[str] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> ApproxReport:
@@ -138,6 +141,19 @@ class Comparison:
         return rows
 
     def _zero_block_note(self) -> list[str]:
+        return self._unresolved_note() + self._zero_note()
+
+    def _unresolved_note(self) -> list[str]:
+        if not self.unresolved_blocks:
+            return []
+        n = self.cost.get("probes", "the")
+        return [
+            f"{len(self.unresolved_blocks)} block(s) whose ‖A_bb‖_F the {n} probes do not resolve "
+            "(estimate within 2 standard errors of 0): relative error not reported (NaN); "
+            "raise n_probes or set block_probes > 0: " + ", ".join(self.unresolved_blocks)
+        ]
+
+    def _zero_note(self) -> list[str]:
         if not self.zero_blocks:
             return []
         lines = [

@@ -3,6 +3,8 @@
 Every approximation arrives in the exact operator's flat order (see ``align``); blocks are
 index arrays into that order. A block whose exact curvature is at round-off level
 (‖A_bb‖_F <= ``ZERO_RTOL`` · eps · ‖A‖_F) has no relative error: NaN, with the absolute one.
+On the probe route so has a block whose estimated ‖A_bb‖²_F is not above ``RESOLVED_SE``
+standard errors (jackknife over the probes): listed in ``unresolved_blocks``, never called zero.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from curvops.compare.probes import (
     apply,
     chunk_columns,
     jackknife_ratio,
+    jackknife_se,
     mean_se,
     ratio_sqrt,
 )
@@ -32,6 +35,7 @@ from curvops.interface import TorchMatmat, torch_matmat
 from curvops.linalg.eigsh import eigsh
 
 ZERO_RTOL = 100.0  # in machine epsilons of the exact operator's dtype
+RESOLVED_SE = 2.0  # a probed ‖A_bb‖² counts when above this many standard errors
 
 
 @dataclass
@@ -149,7 +153,12 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     norm_A = math.sqrt(float(A_sums.sq.mean()))
     exact_blocks = [A_sums.block(b, exact_how) for b in range(len(job.blocks))]
     norms = [math.sqrt(max(t, 0.0)) for t, _ in exact_blocks]
-    zero = [n <= job.zero_level(norm_A) for n in norms]
+    level = job.zero_level(norm_A)
+    spread = [jackknife_se(loo) for _, loo in exact_blocks]
+    zero = [n <= level and math.sqrt(se) <= level for n, se in zip(norms, spread)]
+    unresolved = [  # ‖A_bb‖² not above 2 of its standard errors: the probes cannot tell
+        not z and t <= RESOLVED_SE * se for (t, _), se, z in zip(exact_blocks, spread, zero)
+    ]
     reports = []
     for name, op in job.approx.items():
         D = diffs_sums[name]
@@ -177,7 +186,9 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
                 trace_stderr=seB,
                 eigenvalues=np.asarray(eigB.eigenvalues),
                 cosines=cosines,
-                **_block_fields(job.blocks, abs_err, norms, zero),
+                **_block_fields(
+                    job.blocks, abs_err, norms, [z or u for z, u in zip(zero, unresolved)]
+                ),
                 block_stderrs=stderrs,
                 natural_gradient_cosine=_cosine(natA, natB),
                 matched_by=job.matched_by[name],
@@ -198,7 +209,9 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
         mms, start, memory, probes=job.n_probes, chunk_columns=c, solve=solve,
         block_estimator={"exact": exact_how, **how}, eigsh_converged=job.converged,
     )  # fmt: skip
-    return {**exact_part, **_exact_block_fields(job.blocks, norms, zero)}, reports
+    unresolved_names = [b.name for b, u in zip(job.blocks, unresolved) if u]
+    fields = _exact_block_fields(job.blocks, norms, zero)
+    return {**exact_part, **fields, "unresolved_blocks": unresolved_names}, reports
 
 
 def _top(job: Job, mm: TorchMatmat, name: str):
