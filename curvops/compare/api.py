@@ -56,12 +56,14 @@ def compare(
     when the operators keep to the blocks, else an unbiased estimate from pairs of probes,
     both with standard errors; ``block_probes`` > 0 adds that many probes per block,
     restricted to it: blocks × probes more products, exact where A_bb = B_bb; None: n_probes
-    of them while P · blocks · n_probes <= ``RESTRICTED_MAX`` = 2³¹, else none), the spectra
-    from ``eigsh`` (``tol``, ``ncv``; ``eig_maxiter`` bounds its restart cycles on the probe
-    route, about ncv + (eig_maxiter − 1)(ncv − k)/2 products per operator, None: eigsh's
-    default; ``cost["eigsh_converged"]`` says whether each met ``tol``), the natural gradient of the exact operator by CG
-    (``precondition=True``: preconditioned with a KFAC / EKFAC approximation's closed-form
-    inverse), at most ``solve_maxiter`` products to a relative residual ``solve_tol``
+    of them while P · blocks · n_probes <= ``RESTRICTED_MAX`` = 2³¹, else none), the
+    spectra (KFAC / EKFAC in closed form, ``top_eigenpairs``, no products; others by
+    ``eigsh`` with ``tol``, ``ncv`` and at most ``eig_maxiter`` restart cycles, about
+    ncv + (eig_maxiter − 1)(ncv − k)/2 products, None: eigsh's default;
+    ``cost["spectra"]`` says which, ``cost["eigsh_converged"]`` whether each met ``tol``),
+    the natural gradient of the exact operator by CG (``precondition=True``: preconditioned
+    with a KFAC / EKFAC approximation's closed-form inverse), at most ``solve_maxiter``
+    products to a relative residual ``solve_tol``
     (reported in ``Comparison.cost``).
     ``Comparison.cost`` states the products per operator and a memory estimate
     (``curvops.compare.cost``); the exact operator makes about ``n_probes`` + those of

@@ -61,6 +61,7 @@ class Job:
     precondition: bool = False  # the exact solve preconditioned by an approximation's inverse
     eig_maxiter: int | None = None  # eigsh's restart cycles, probe route (None: its default)
     converged: dict = field(default_factory=dict)  # operator -> its top-k converged
+    spectra: dict = field(default_factory=dict)  # operator -> "eigsh" or "closed form"
     cost: dict = field(default_factory=dict)  # filled by the route
     mms: dict = field(default_factory=dict)  # name -> the counting products
     start: dict = field(default_factory=dict)  # name -> n_matvecs before the route
@@ -140,7 +141,7 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     exact_how = _estimator(job, None)
     sums = _probe_sums(job, mms, how, exact_how)
     A_sums, diffs_sums, traces = sums
-    eigA = _top(job, job.A, "exact")
+    eigA = _top(job, job.A, "exact", job.exact)
     UA = torch.as_tensor(eigA.eigenvectors, dtype=torch.float32)
     lam = job.damping if job.damping is not None else 1e-3 * float(eigA.eigenvalues[0])
     natA, solve = (None, None)
@@ -164,7 +165,7 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
         D = diffs_sums[name]
         err, err_se = ratio_sqrt(D.sq, A_sums.sq)
         trB, seB = _trace_of(op, traces[name])
-        eigB = _top(job, mms[name], name)
+        eigB = _top(job, mms[name], name, op)
         UB = torch.as_tensor(eigB.eigenvectors, dtype=torch.float32)
         cosines = torch.linalg.svdvals((UA.T @ UB).double()).numpy()
         del UB, eigB.eigenvectors
@@ -208,18 +209,33 @@ def probe_route(job: Job) -> tuple[dict, list[ApproxReport]]:
     job.cost = cost_record(
         mms, start, memory, probes=job.n_probes, chunk_columns=c, solve=solve,
         block_estimator={"exact": exact_how, **how}, eigsh_converged=job.converged,
+        spectra=job.spectra,
     )  # fmt: skip
     unresolved_names = [b.name for b, u in zip(job.blocks, unresolved) if u]
     fields = _exact_block_fields(job.blocks, norms, zero)
     return {**exact_part, **fields, "unresolved_blocks": unresolved_names}, reports
 
 
-def _top(job: Job, mm: TorchMatmat, name: str):
-    """The top-k eigenpairs by ``eigsh``, at most ``job.eig_maxiter`` restart cycles."""
+def _top(job: Job, mm: TorchMatmat, name: str, op: Any = None) -> Any:
+    """The top-k eigenpairs: in closed form when ``op`` has them (KFAC / EKFAC:
+    ``top_eigenpairs``, no products), else by ``eigsh`` (at most ``job.eig_maxiter``
+    restart cycles); ``job.converged`` and ``job.spectra`` say which and how it went."""
+    if op is not None and hasattr(op, "top_eigenpairs"):
+        values, U = op.top_eigenpairs(job.k)
+        job.converged[name], job.spectra[name] = True, "closed form"
+        return ClosedForm(values.double().cpu().numpy(), U.cpu())
     res = eigsh(mm, k=job.k, which="LA", tol=job.tol, backend=job.backend, seed=job.seed,
                 ncv=job.ncv, max_iter=job.eig_maxiter)  # fmt: skip
-    job.converged[name] = bool(res.all_converged)
+    job.converged[name], job.spectra[name] = bool(res.all_converged), "eigsh"
     return res
+
+
+@dataclass
+class ClosedForm:
+    """Top eigenpairs from an operator's own closed form: values (k,), vectors (P, k)."""
+
+    eigenvalues: np.ndarray
+    eigenvectors: Any
 
 
 def _estimator(job: Job, op) -> str:

@@ -174,6 +174,20 @@ class KroneckerBlock:
         (lg, _), (la, _) = self.G.batched_eig(), self.A.batched_eig()
         return lg.unsqueeze(-1) * la.unsqueeze(-2)
 
+    def eigenvectors(self, idx: torch.Tensor) -> torch.Tensor:
+        """The block's eigenvectors (n, p_b) at flat positions ``idx`` (n,) of
+        ``eigenvalues()``: entry (g, i, j) is Q_G,g e_i ⊗ Q_A e_j, as the block's flat entries."""
+        g, d2, D1 = self.G.groups, self.G.size, self.A.size
+        n = len(idx)
+        dtype, device = self.G.mat.dtype, self.G.mat.device
+        W = torch.zeros(n, g * d2 * D1, dtype=dtype, device=device)
+        W[torch.arange(n, device=device), idx.to(device)] = 1.0
+        W = W.reshape(n, g, d2, D1)
+        QG, QA = self.G.batched_eig()[1], self.A.batched_eig()[1]
+        W = W if QG is None else QG @ W
+        W = W if QA is None else W @ QA.transpose(-1, -2)
+        return self.from_matrix(W.reshape(n, g * d2, D1))
+
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """K V for V (k, D₂, D₁)."""
         if self.E is None:

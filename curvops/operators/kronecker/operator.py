@@ -160,6 +160,35 @@ class KroneckerOperator(CurvatureOperator):
                 out[slices[i]] = part.T
         return out
 
+    def top_eigenpairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k largest eigenvalues (k,), descending, and orthonormal eigenvectors (P, k) in
+        closed form: K is block-diagonal with blocks (Q_G ⊗ Q_A) diag(λ) (Q_G ⊗ Q_A)ᵀ,
+        λ = λ_G ⊗ λ_A (KFAC) or E (EKFAC); no products."""
+        check_count("k", k, 1)
+        P = self.shape[0]
+        if k > P:
+            raise ValueError(f"k must be <= P = {P}, got {k}")
+        blocks = self._current_blocks()
+        picks: list[tuple[float, int, int]] = []  # (λ, block, flat index in the block)
+        for b, blk in enumerate(blocks):
+            lam = blk.eigenvalues().reshape(-1)
+            values, idx = torch.topk(lam, min(k, lam.numel()))
+            picks += [(v, b, i) for v, i in zip(values.tolist(), idx.tolist())]
+        picks = sorted(picks, key=lambda t: -t[0])[:k]
+        first = blocks[0].G.mat
+        U = torch.zeros(P, k, dtype=first.dtype, device=first.device)
+        slices, sizes = self.layout.slices, self.layout.sizes
+        for b, blk in enumerate(blocks):
+            cols = [c for c, (_, pb, _) in enumerate(picks) if pb == b]
+            if not cols:
+                continue
+            idx = torch.tensor([picks[c][2] for c in cols])
+            R = blk.eigenvectors(idx)  # (n, p_b)
+            for i, part in zip(blk.params, torch.split(R, [sizes[i] for i in blk.params], dim=1)):
+                U[slices[i], cols] = part.T
+        values = torch.tensor([v for v, _, _ in picks], dtype=first.dtype)
+        return values, U
+
     def inverse(self, damping: float, heuristic: bool = False) -> KroneckerInverse:
         """(K + δI)⁻¹ as a LinearOperator, exact through the factors' eigendecompositions.
 
