@@ -185,6 +185,8 @@ def test_blocks_the_probes_cannot_resolve_are_never_called_zero(ops):
     assert few.unresolved_blocks  # noisy at 6 probes
     for name in approx:
         assert all(math.isnan(few[name].block_errors[b]) for b in few.unresolved_blocks)
+        hit = {few[name].block_structures[b] for b in few.unresolved_blocks}
+        assert hit and all(math.isnan(few[name].structure_errors[s]) for s in hit)
     assert "do not resolve" in few.summary() and "zero exact curvature" not in few.summary()
     many = compare(G, approx, k=3, dense_max=0, n_probes=100, block_probes=0)
     assert len(many.unresolved_blocks) < len(few.unresolved_blocks)

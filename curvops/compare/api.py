@@ -101,7 +101,10 @@ def compare(
     for report, op in zip(reports, ops.values()):
         report.block_structures = block_structures(op, exact, job.blocks)
         report.structure_errors = structure_errors(
-            report.block_structures, report.block_abs_errors, exact_part["exact_block_norms"]
+            report.block_structures,
+            report.block_abs_errors,
+            exact_part["exact_block_norms"],
+            exact_part.get("unresolved_blocks", []),
         )
     return Comparison(
         exact_name=exact_name or type(exact).__name__,

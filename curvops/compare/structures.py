@@ -11,6 +11,7 @@ over the compared blocks of that structure (NaN when the exact blocks are all ze
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from curvops.compare.align import Block, param_positions
@@ -41,12 +42,19 @@ def block_structures(op: Any, exact: Any, blocks: list[Block]) -> dict[str, str]
 
 
 def structure_errors(
-    labels: dict[str, str], abs_errors: dict[str, float], norms: dict[str, float]
+    labels: dict[str, str],
+    abs_errors: dict[str, float],
+    norms: dict[str, float],
+    unresolved: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Per structure: the relative Frobenius error over its blocks (see the module doc)."""
+    """Per structure: the relative Frobenius error over its blocks (see the module doc);
+    NaN for a structure holding a block the probes did not resolve (``unresolved``)."""
     num: dict[str, float] = {}
     den: dict[str, float] = {}
     for name, structure in labels.items():
+        if name in unresolved:
+            num[structure], den[structure] = math.nan, math.nan
+            continue
         num[structure] = num.get(structure, 0.0) + abs_errors[name] ** 2
         den[structure] = den.get(structure, 0.0) + norms[name] ** 2
-    return {s: math.sqrt(num[s] / den[s]) if den[s] > 0 else math.nan for s in num}
+    return {s: math.sqrt(num[s] / den[s]) if den[s] > 0 else math.nan for s in num}  # NaN stays
