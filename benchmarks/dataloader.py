@@ -13,8 +13,6 @@ against the list product (relative error).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import curvops  # noqa: E402
 from benchmarks import floor, peers  # noqa: E402
+from benchmarks.output import rounds_main  # noqa: E402
 from benchmarks.problems import mlp  # noqa: E402
 from benchmarks.timing import interleaved_medians  # noqa: E402
 
@@ -100,15 +99,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args()
-    rows = run(args.rounds, args.quick)
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rounds_main(__doc__, run, table, rounds=7)
 
 
 if __name__ == "__main__":

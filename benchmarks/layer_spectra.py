@@ -14,8 +14,6 @@ relative difference of the per-block λ_max and largest |λ| between the two way
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from torch import nn  # noqa: E402
 
 import curvops  # noqa: E402
 from benchmarks import floor  # noqa: E402
+from benchmarks.output import rounds_main  # noqa: E402
 from benchmarks.problems import Problem  # noqa: E402
 from benchmarks.timing import interleaved_medians  # noqa: E402
 from curvops.linalg.blocks import block_top_eigenvalues  # noqa: E402
@@ -130,15 +129,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args()
-    rows = run(args.rounds, args.quick)
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    rounds_main(__doc__, run, table, rounds=2)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,19 @@ def finish(
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     save_rows(args.json, rows)
     return 1 if wrong(rows) and args.check else 0
+
+
+def rounds_main(doc: str, run, table, rounds: int) -> None:
+    """The command line of a run(rounds, quick) -> rows benchmark: --rounds, --quick, --json;
+    prints ``table(rows)`` and saves the rows."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    rows = run(args.rounds, args.quick)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))

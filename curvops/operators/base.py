@@ -31,6 +31,7 @@ from curvops.core.watch import ModelWatch, Token
 from curvops.distributed import all_reduce_sum
 from curvops.interface import SymmetricTorchOperator
 from curvops.operators.chunks import by_chunks
+from curvops.operators.determinism import check_deterministic, refuse_random_forward
 
 DEFAULT_MAX_DENSE = 20_000  # to_dense() refuses larger P: 20,000² float64 numbers are 3.2 GB
 
@@ -355,35 +356,12 @@ class CurvatureOperator(SymmetricTorchOperator):
         return M.to(device=self.device, dtype=self.torch_dtype)
 
     def _refuse_random_forward(self) -> None:
-        """Refuse a random forward pass (dropout of any kind, RReLU, stochastic depth, ...):
-        the loss of the first batch under two RNG states, and whether torch's generators
-        moved during it. Two forward passes of one batch, once; the user's RNG is restored."""
-        batch = next(self._batches(), None)
-        if batch is None:  # a distributed rank without data
-            return
-        cuda = self.device.type == "cuda"
-        devices = [self.device.index or 0] if cuda else []
-        losses, moved = [], False
-        with torch.no_grad(), self._forward_context(), torch.random.fork_rng(devices=devices):
-            for seed in (1234, 4321):
-                torch.manual_seed(seed)
-                before = checks.rng_states(self.device)
-                losses.append(self._batch_loss(batch))
-                moved = moved or not checks.same_states(before, checks.rng_states(self.device))
-        checks.check_same_under_rng(losses[0], losses[1], batch.index, moved)
+        """Refuse a random forward pass (``curvops.operators.determinism``)."""
+        refuse_random_forward(self)
 
     def _check_deterministic(self) -> None:
-        """Every batch's loss twice, and one product from two full data passes (no cache)."""
-        with torch.no_grad(), self._forward_context():
-            for batch in self._batches():
-                checks.assert_deterministic(
-                    self._batch_loss(batch), self._batch_loss(batch), f"loss on batch {batch.index}"
-                )
-        gen = torch.Generator().manual_seed(0)
-        v = torch.randn(self.shape[0], generator=gen, dtype=self.torch_dtype).to(self.device)
-        first = self.torch_matmat(v)
-        self._forget_cached_passes()
-        checks.assert_deterministic(first, self.torch_matmat(v), "matrix-vector product")
+        """Every batch's loss twice, one product from two passes (``...determinism``)."""
+        check_deterministic(self)
 
     def _kept_data_bytes(self) -> float:
         """Bytes of batches the data loop may keep on the device (``DataLoop``): none here;

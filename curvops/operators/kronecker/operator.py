@@ -152,13 +152,17 @@ class KroneckerOperator(CurvatureOperator):
 
     def _apply_blocks(self, blocks: list[KroneckerBlock], M: torch.Tensor, fn) -> torch.Tensor:
         out = torch.zeros_like(M)
-        slices, sizes = self.layout.slices, self.layout.sizes
+        slices = self.layout.slices
         for blk in blocks:
             V = torch.cat([M[slices[i]].T for i in blk.params], dim=1)  # (k, p_b)
-            R = blk.from_matrix(fn(blk, blk.to_matrix(V)))
-            for i, part in zip(blk.params, torch.split(R, [sizes[i] for i in blk.params], dim=1)):
-                out[slices[i]] = part.T
+            self._place(out, blk, blk.from_matrix(fn(blk, blk.to_matrix(V))), slice(None))
         return out
+
+    def _place(self, out: torch.Tensor, blk: KroneckerBlock, R: torch.Tensor, cols) -> None:
+        """Write the block's flat entries R (n, p_b) into the columns ``cols`` of out (P, ·)."""
+        slices, sizes = self.layout.slices, self.layout.sizes
+        for i, part in zip(blk.params, torch.split(R, [sizes[i] for i in blk.params], dim=1)):
+            out[slices[i], cols] = part.T
 
     def top_eigenpairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k largest eigenvalues (k,), descending, and orthonormal eigenvectors (P, k) in
@@ -177,15 +181,11 @@ class KroneckerOperator(CurvatureOperator):
         picks = sorted(picks, key=lambda t: -t[0])[:k]
         first = blocks[0].G.mat
         U = torch.zeros(P, k, dtype=first.dtype, device=first.device)
-        slices, sizes = self.layout.slices, self.layout.sizes
         for b, blk in enumerate(blocks):
             cols = [c for c, (_, pb, _) in enumerate(picks) if pb == b]
-            if not cols:
-                continue
-            idx = torch.tensor([picks[c][2] for c in cols])
-            R = blk.eigenvectors(idx)  # (n, p_b)
-            for i, part in zip(blk.params, torch.split(R, [sizes[i] for i in blk.params], dim=1)):
-                U[slices[i], cols] = part.T
+            if cols:
+                idx = torch.tensor([picks[c][2] for c in cols])
+                self._place(U, blk, blk.eigenvectors(idx), cols)
         values = torch.tensor([v for v, _, _ in picks], dtype=first.dtype)
         return values, U
 
