@@ -41,6 +41,34 @@ class Batch:
         """(index, piece): the batch's place in a pass."""
         return self.index, self.piece
 
+    def head(self, k: int) -> Batch:
+        """The first k points: every tensor in X and y with the batch's leading size B, cut
+        (the whole batch when k >= B or X holds no such tensor); the denominator is kept."""
+        B = self.size
+        if k >= B or not _has_batch_tensor(self.X, B):
+            return self
+        return Batch(_cut(self.X, B, k), _cut(self.y, B, k), k, self.index, self.denominator)
+
+
+def _cut(obj: Any, B: int, k: int) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj[:k] if obj.ndim and obj.shape[0] == B else obj
+    if isinstance(obj, dict):
+        return type(obj)({key: _cut(v, B, k) for key, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cut(v, B, k) for v in obj)
+    return obj
+
+
+def _has_batch_tensor(obj: Any, B: int) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.ndim > 0 and obj.shape[0] == B
+    if isinstance(obj, dict):
+        return any(_has_batch_tensor(v, B) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_batch_tensor(v, B) for v in obj)
+    return False
+
 
 class DataLoop:
     """Re-iterates ``data`` (pairs ``(X, y)``), moving batches to ``device``.

@@ -9,6 +9,7 @@ stochastic depth, a Hugging Face model in train mode) is refused with the fix.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +184,38 @@ def test_check_deterministic_accepts_a_deterministic_model():
     model = FunctionalDropout().double().eval()
     for cls in (curvops.HessianOperator, curvops.KFACOperator, curvops.EKFACOperator):
         cls(model, nn.CrossEntropyLoss(), _data(model), check_deterministic=True)
+
+
+def _big_batches(ignored_head: int = 0):
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    y[:ignored_head] = -100
+    return [(X, y), (X.flip(0), y.flip(0))]
+
+
+def test_the_probe_cuts_the_first_batch_and_still_refuses_dropout():
+    """Batches of 40: the probe runs on the first 16 points and finds the dropout."""
+    model = FunctionalDropout().double().train()
+    with pytest.raises(ValueError, match=RANDOM):
+        curvops.GGNOperator(model, nn.CrossEntropyLoss(), _big_batches())
+
+
+class NumpyNoise(nn.Module):
+    """Random through numpy: torch's generators never move, only the loss shows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.rng = np.random.default_rng(0)
+
+    def forward(self, x):
+        noise = torch.as_tensor(self.rng.normal(size=(x.shape[0], 6)), dtype=x.dtype)
+        return self.b(torch.tanh(self.a(x)) + noise)
+
+
+def test_a_cut_whose_labels_are_all_ignored_falls_back_to_the_whole_batch():
+    """The first 16 targets ignored: the cut's loss is 0/0 under both states (equal NaNs);
+    the whole batch's two losses differ."""
+    with pytest.raises(ValueError, match="differs under two random states"):
+        curvops.HessianOperator(NumpyNoise().double(), nn.CrossEntropyLoss(), _big_batches(20))

@@ -10,8 +10,6 @@ and its block would be silently wrong: a ValueError names it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from curvops.core.data import Batch
@@ -26,39 +24,10 @@ def check_batch(
     collector: BatchCollector, batch: Batch, params: list[torch.Tensor], names: list[str]
 ) -> None:
     """``check_accounted`` on the first ``CHECK_POINTS`` points of ``batch``."""
-    small = head(batch, CHECK_POINTS)
+    small = batch.head(CHECK_POINTS)
     collector.needs_clones(small)
     bp = collector(small, 1.0, max_columns=1)
     check_accounted(bp.f, bp.uses, params, names)
-
-
-def head(batch: Batch, k: int) -> Batch:
-    """The first k points: every tensor in X and y with the batch's leading size, cut (the
-    whole batch when X holds no such tensor)."""
-    B = batch.size
-    if k >= B or not _has_batch_tensor(batch.X, B):
-        return batch
-    return Batch(_cut(batch.X, B, k), _cut(batch.y, B, k), k, batch.index, batch.denominator)
-
-
-def _cut(obj: Any, B: int, k: int) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj[:k] if obj.ndim and obj.shape[0] == B else obj
-    if isinstance(obj, dict):
-        return type(obj)({key: _cut(v, B, k) for key, v in obj.items()})
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cut(v, B, k) for v in obj)
-    return obj
-
-
-def _has_batch_tensor(obj: Any, B: int) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return obj.ndim > 0 and obj.shape[0] == B
-    if isinstance(obj, dict):
-        return any(_has_batch_tensor(v, B) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_batch_tensor(v, B) for v in obj)
-    return False
 
 
 def check_accounted(
