@@ -7,8 +7,9 @@ P = 19,866, 1,024 sequences of 16 tokens, CE): the construction time up to and i
 the first product (median of interleaved rounds after a warm-up round, a fresh copy of the
 model each) of
   curvops, all parameters (the default: Kronecker blocks for the Linear layers, exact
-  fallback blocks for the LayerNorms), curvops on the Linear layers only, and curvlinops
-  on the Linear layers only (it supports no LayerNorm), when installed;
+  fallback blocks for the LayerNorms), curvops on the Linear layers only, curvlinops
+  on the Linear layers only (it supports no LayerNorm), when installed, and (KFAC) the raw
+  torch floor of the same matrix as curvops's first row (benchmarks/kfac_raw.py);
 and with ``--memory`` the peak / held MiB of each (benchmarks/memory.py's RSS probe, a
 fresh process per tool, medians of N) on the transformer and on the CNN of benchmarks/kfac.py.
 Last, the issue's targets from this run: (a) KFAC's construction with all parameters over
@@ -34,11 +35,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import curvops  # noqa: E402
+from benchmarks.kfac_raw import raw_kfac  # noqa: E402
 from benchmarks.output import save_rows  # noqa: E402
 from benchmarks.peers import available  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem  # noqa: E402
 from benchmarks.timing import PeakRss, rss_mib  # noqa: E402
 
+FLOOR = "raw torch floor (all parameters)"  # benchmarks/kfac_raw.py: C columns, no checks
 CLOCK = time.perf_counter  # --cpu: time.process_time (steadier on a shared machine, 1 thread)
 
 
@@ -50,6 +53,7 @@ class Row:
     params: int
     construct_s: float
     x_curvlinops: float = float("nan")
+    x_floor: float = float("nan")
     peak_mib: float | None = None
     held_mib: float | None = None
 
@@ -94,6 +98,8 @@ def tools(kind: str) -> dict:
         "curvops (all parameters)": _curvops(kind, linear_only=False),
         "curvops (Linear only)": _curvops(kind, linear_only=True),
     }
+    if kind == "kfac":
+        out[FLOOR] = raw_kfac
     if available("curvlinops"):
         out["curvlinops (Linear only)"] = _curvlinops(kind)
     else:
@@ -143,7 +149,8 @@ def targets(rows: list[Row]) -> list[str]:
     if kfac is not None and kfac.x_curvlinops == kfac.x_curvlinops:
         out.append(
             f"(a) KFAC construction, transformer, all parameters / curvlinops's Linear only: "
-            f"{kfac.x_curvlinops:.2f}x (target <= 0.70)"
+            f"{kfac.x_curvlinops:.2f}x (target <= 0.70); curvops / the raw torch floor "
+            f"{kfac.x_floor:.2f}x"
         )
     mine = by.get(("cnn", "ekfac", "curvops (all parameters)"))
     peer = by.get(("cnn", "ekfac", "curvlinops (Linear only)"))
@@ -188,25 +195,30 @@ def main(argv=None) -> int:
         problem = PROBLEMS["transformer"](False)
         results = construct(tools(kind), problem, args.rounds)
         ref = results.get("curvlinops (Linear only)", (float("nan"), 0))[0]
+        floor = results.get(FLOOR, (float("nan"), 0))[0]
         for tool, (seconds, P) in results.items():
-            rows.append(Row("transformer", kind, tool, P, seconds, seconds / ref))
+            rows.append(Row("transformer", kind, tool, P, seconds, seconds / ref, seconds / floor))
     if args.memory:
         n = args.probes
         for row in rows:
             row.peak_mib, row.held_mib = probe(row.kind, row.tool, "transformer", n) or (None, None)
         for kind in ("kfac", "ekfac"):
             for tool in ("curvops (all parameters)", "curvlinops (Linear only)"):
-                if tool in tools(kind):
+                if tool in tools(kind) and tool != FLOOR:
                     peak = probe(kind, tool, "cnn", n) or (None, None)
-                    rows.append(Row("cnn", kind, tool, 25_578, float("nan"), float("nan"), *peak))
-    print("\n| problem | kind | tool | P | construction s | x curvlinops | peak MiB | held MiB |")
-    print("|" + " --- |" * 8)
+                    nan = float("nan")
+                    rows.append(Row("cnn", kind, tool, 25_578, nan, nan, nan, *peak))
+    print(
+        "\n| problem | kind | tool | P | construction s | x curvlinops | x raw floor | peak MiB "
+        "| held MiB |"
+    )
+    print("|" + " --- |" * 9)
     for r in rows:
         peak = "" if r.peak_mib is None else f"{r.peak_mib:.0f}"
         held = "" if r.held_mib is None else f"{r.held_mib:.0f}"
         print(
             f"| {r.problem} | {r.kind} | {r.tool} | {r.params:,} | {r.construct_s:.3f} | "
-            f"{r.x_curvlinops:.2f} | {peak} | {held} |"
+            f"{r.x_curvlinops:.2f} | {r.x_floor:.2f} | {peak} | {held} |"
         )
     print()
     for line in targets(rows):

@@ -51,12 +51,13 @@ class PassChecksum:
         return flat @ c
 
     def sums(self) -> dict[int, tuple[float, float]]:
-        """(s₁, s₂) per slot, in float64."""
+        """(s₁, s₂) per slot, in float64 (one read from the device for all of them)."""
         if self._sums is None:
-            self._sums = {}
-            for slot, rows in self.rows.items():
-                r = torch.cat(rows).to(torch.float64)
-                self._sums[slot] = (float(r.sum()), float((r * r).sum()))
+            slots = list(self.rows)
+            r = [torch.cat(self.rows[slot]).to(torch.float64) for slot in slots]
+            both = torch.stack([torch.stack([x.sum(), (x * x).sum()]) for x in r]) if r else None
+            values = both.tolist() if both is not None else []
+            self._sums = {slot: (v[0], v[1]) for slot, v in zip(slots, values)}
         return self._sums
 
     def same_as(self, other: PassChecksum) -> bool:

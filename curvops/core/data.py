@@ -114,6 +114,7 @@ class DataLoop:
         self.kept: list[Batch] | None = None  # a checked pass, replayed from then on
         # new tensors every pass: a DataLoader, targets made from y, a cast or a move
         self._copied = not isinstance(data, (list, tuple)) or targets is not None
+        self._denominators: dict[int, tuple[torch.Tensor, int, float]] = {}
 
     @property
     def expected(self) -> int | None:
@@ -137,7 +138,7 @@ class DataLoop:
             items += 1
             if not size:
                 continue
-            batch = Batch(X, y, size, index, self.denominator(y, size))
+            batch = Batch(X, y, size, index, self._denominator(y, size))
             used += nbytes(X) + nbytes(y)
             keep = keep if keep is not None and used <= self.keep_bytes else None
             if keep is not None:
@@ -147,6 +148,20 @@ class DataLoop:
         self.last = checksum
         if keep is not None and self._copied:
             self.kept = keep
+
+    def _denominator(self, y: Any, size: int) -> float:
+        """d_b of a batch; remembered for a target tensor of the user's own list (the same
+        object every pass) while its version counter stands still, so that a product reads
+        no count from the device (a GPU sync per batch) after the first pass."""
+        if self._copied or not isinstance(y, torch.Tensor):
+            self._denominators.clear()
+            return self.denominator(y, size)
+        known = self._denominators.get(id(y))
+        if known is not None and known[0] is y and known[1] == y._version:
+            return known[2]
+        d = self.denominator(y, size)
+        self._denominators[id(y)] = (y, y._version, d)
+        return d
 
     def _progress(self, batches: Iterable) -> Iterable:
         """``batches``, with a tqdm bar if ``progress``."""

@@ -42,9 +42,12 @@ class OutputLoss(ABC):
         self.reduction = loss_reduction(loss_fn)
         self.count = loss_denominator(loss_fn)
 
-    def scale(self, f: torch.Tensor, y: torch.Tensor) -> float:
-        """s: 1 / d_b under "mean", 1 under "sum"."""
-        return 1.0 / self.count(y, f.shape[0]) if self.reduction == "mean" else 1.0
+    def scale(self, f: torch.Tensor, y: torch.Tensor, denominator: float | None = None) -> float:
+        """s: 1 / d_b under "mean" (d_b: ``denominator`` when the caller knows it, a
+        batch's ``Batch.denominator``: no count read from the device), 1 under "sum"."""
+        if self.reduction != "mean":
+            return 1.0
+        return 1.0 / (self.count(y, f.shape[0]) if denominator is None else denominator)
 
     def term_axes(self, f: torch.Tensor) -> tuple[int, ...]:
         """Axes of f (besides the batch axis) along which ``hessian_sqrt`` columns repeat."""
@@ -58,11 +61,13 @@ class OutputLoss(ABC):
         """Raise if the loss is no likelihood to sample labels from (MC Fisher)."""
         return None
 
-    def hessian_matmat(self, f: torch.Tensor, y: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        """∇²_f L · U for U (k, *f.shape)."""
+    def hessian_matmat(
+        self, f: torch.Tensor, y: torch.Tensor, U: torch.Tensor, denominator: float | None = None
+    ) -> torch.Tensor:
+        """∇²_f L · U for U (k, *f.shape) (``denominator``: d_b, as in ``scale``)."""
         HU = self._hessian_matmat(f, U)
         w = self.weights(f, y)
-        return (HU if w is None else HU * w) * self.scale(f, y)
+        return (HU if w is None else HU * w) * self.scale(f, y, denominator)
 
     def sampled_grads(
         self, f: torch.Tensor, y: torch.Tensor, num_samples: int, sampler: PointSampler

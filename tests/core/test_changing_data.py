@@ -142,3 +142,28 @@ def test_checksum_sees_another_subset_or_other_values(change):
     else:
         X2 += 0.01 * torch.randn(X2.shape, generator=gen)
     assert not _checksum([(X2, y2)]).same_as(ref)
+
+
+def test_denominators_are_remembered_only_while_the_targets_stand_still():
+    """A list's target tensors are the same objects every pass: their d_b (CE, ignored
+    labels) is read once; a target changed in place is counted again (and the pass refused)."""
+    from curvops.core.data import DataLoop
+    from curvops.core.denominators import loss_denominator
+
+    calls = []
+    count = loss_denominator(torch.nn.CrossEntropyLoss())
+
+    def counting(y, size):
+        calls.append(id(y))
+        return count(y, size)
+
+    y = torch.tensor([0, 1, -100, 2])
+    loop = DataLoop([(torch.randn(4, 3), y)], torch.device("cpu"), torch.float32,
+                    denominator=counting)  # fmt: skip
+    assert loop.count() == (4, 3.0) and len(calls) == 1
+    assert [b.denominator for b in loop] == [3.0] and len(calls) == 1  # remembered
+    y[0] = -100  # in place: a new version of the same tensor
+    seen = []
+    with pytest.raises(ValueError, match=CHANGED):
+        seen.extend(b.denominator for b in loop)
+    assert seen == [2.0] and len(calls) == 2  # counted again, then the pass is refused

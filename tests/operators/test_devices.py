@@ -4,8 +4,9 @@ Each test takes the ``device`` fixture, so the CPU items prove the test code and
 items (marker ``cuda``) run the same checks on a GPU. Truth is dense float64, computed on
 the CPU (it does not depend on the device); approximations (KFAC, EKFAC, the MC Fisher)
 and the stochastic estimators are compared with the same call on the CPU. ``HostTransfers``
-records every tensor that leaves the device for the host, and every scalar read
-(``.item()``, ``float(t)``, ``bool(t)``: a sync on a GPU).
+records every tensor that leaves the device for the host (``copies``: more than ``SMALL``
+entries, a vector; ``small``: a handful of numbers), and every scalar read (``.item()``,
+``float(t)``, ``bool(t)``): each is a sync on a GPU.
 """
 
 from __future__ import annotations
@@ -29,13 +30,22 @@ EXACT = ["hessian", "ggn", "empirical"]
 RTOL64, RTOL32 = 1e-10, 1e-5
 
 
+SMALL = 64  # a copy of at most this many entries is a read of a few numbers, not a vector
+
+
 class HostTransfers(TorchDispatchMode):
-    """Counts device -> host tensor copies (their sizes in ``copies``) and scalar reads."""
+    """Counts device -> host tensor copies (their sizes in ``copies``, or in ``small`` when
+    of at most ``SMALL`` entries) and scalar reads; ``syncs``: the small copies and reads."""
 
     def __init__(self) -> None:
         super().__init__()
         self.copies: list[int] = []
+        self.small: list[int] = []
         self.scalars = 0
+
+    @property
+    def syncs(self) -> int:
+        return self.scalars + len(self.small)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -43,7 +53,8 @@ class HostTransfers(TorchDispatchMode):
             self.scalars += 1
         elif any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tree_leaves(args)):
             leaves = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-            self.copies += [t.numel() for t in leaves if t.device.type == "cpu"]
+            for n in [t.numel() for t in leaves if t.device.type == "cpu"]:
+                (self.small if n <= SMALL else self.copies).append(n)
         return out
 
 
@@ -309,8 +320,36 @@ def test_tracker_on_device_follows_training_as_on_cpu(device):
 
 def test_host_transfer_counter_sees_copies(device):
     """The counter itself: a copy to the host counts on a GPU, a scalar read everywhere."""
-    x = torch.ones(5, device=device)
+    x = torch.ones(100, device=device)
     with HostTransfers() as seen:
         x.cpu()
+        x[:5].cpu()
         float(x.sum())
-    assert seen.copies == ([] if device.type == "cpu" else [5]) and seen.scalars == 1
+    gpu = device.type != "cpu"
+    assert seen.copies == ([100] if gpu else []) and seen.small == ([5] if gpu else [])
+    assert seen.scalars == 1 and seen.syncs == (2 if gpu else 1)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "kfac"])
+def test_host_syncs_per_product_do_not_grow_with_the_batches(device, kind):
+    """After the first product a product reads a fixed handful of numbers from the device
+    (the model's fingerprint, finiteness, the data checksum), none per batch: each batch's
+    loss denominator (here CE with ignored labels) is remembered for the user's own targets."""
+    syncs = []
+    for sizes in ((8, 8), (4, 4, 4, 4, 4, 4)):
+        model, loss_fn, data = make_problem("mlp_tanh", "ce", sizes=sizes)
+        data = [(X, y.masked_fill(torch.arange(len(y)) % 3 == 0, -100)) for X, y in data]
+        model, loss_fn, data = moved((model, nn.CrossEntropyLoss(), data), device)
+        builders = {**{k: build for k in EXACT}, "kfac": _kfac}
+        op = builders[kind](kind, model, loss_fn, data)
+        V = probes(op.shape[0], 2).to(device)
+        first = op.torch_matmat(V)
+        with HostTransfers() as seen:
+            again = op.torch_matmat(V)
+        assert seen.copies == [] and torch.equal(first, again)
+        syncs.append(seen.syncs)
+    assert syncs[0] == syncs[1] <= 5, syncs
+
+
+def _kfac(kind, model, loss_fn, data):
+    return curvops.KFACOperator(model, loss_fn, data)

@@ -200,7 +200,7 @@ class GGNOperator(ExactOperator):
         """The output-space curvature of the batch loss times U (k, B, ...)."""
         loss = self.output_loss
         if self.mode == "exact":
-            return loss.hessian_matmat(f, batch.y, U)
+            return loss.hessian_matmat(f, batch.y, U, batch.denominator)
         if self.mode == "mc":
             sampler = PointSampler(self.seed, batch, f.device)
             g = loss.sampled_grads(f, batch.y, self.mc_samples, sampler) / self.mc_samples**0.5
@@ -209,4 +209,4 @@ class GGNOperator(ExactOperator):
         g = g.flatten(start_dim=2)  # (M, B, D)
         coeff = torch.einsum("mbd,kbd->kmb", g, U.flatten(start_dim=2))
         out = torch.einsum("kmb,mbd->kbd", coeff, g)
-        return out.reshape(U.shape) * loss.scale(f, batch.y)
+        return out.reshape(U.shape) * loss.scale(f, batch.y, batch.denominator)
