@@ -37,7 +37,10 @@ def _two_losses(op: Any, batch: Any) -> tuple[list[torch.Tensor], bool]:
     losses, moved = [], False
     with torch.no_grad(), op._forward_context(), torch.random.fork_rng(devices=devices):
         for seed in (1234, 4321):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the generators rng_states reads
+            if cuda:  # (torch.manual_seed would seed every device: slower)
+                with torch.cuda.device(devices[0]):
+                    torch.cuda.manual_seed(seed)
             before = checks.rng_states(op.device)
             losses.append(op._batch_loss(batch))
             moved = moved or not checks.same_states(before, checks.rng_states(op.device))
