@@ -32,13 +32,14 @@ from curvops.distributed import all_reduce_sum
 from curvops.interface import SymmetricTorchOperator
 from curvops.operators.chunks import by_chunks
 from curvops.operators.determinism import check_deterministic, refuse_random_forward
+from curvops.operators.staleness import Staleness
 
 DEFAULT_MAX_DENSE = 20_000  # to_dense() refuses larger P: 20,000² float64 numbers are 3.2 GB
 
 __all__ = ["DEFAULT_MAX_DENSE", "CurvatureOperator", "StaleOperatorError"]
 
 
-class CurvatureOperator(SymmetricTorchOperator):
+class CurvatureOperator(Staleness, SymmetricTorchOperator):
     """Curvature of ``loss_fn(model(X), y)`` over all of ``data``, as a (P, P) LinearOperator.
 
     Args:
@@ -252,47 +253,6 @@ class CurvatureOperator(SymmetricTorchOperator):
         return torch.cat(
             [self.torch_matmat(eye[:, i : i + chunk]) for i in range(0, P, chunk)], dim=1
         )
-
-    # ---------------------------------------------------------------- staleness
-    @property
-    def is_stale(self) -> bool:
-        """True when the model changed since the last refresh: parameters, buffers, modules,
-        their attributes, hooks or modes (``curvops.core.watch``)."""
-        return self._watch.token() != self._fresh
-
-    def refresh(self) -> None:
-        """Accept the parameters' current values (KFAC / EKFAC: recompute their factors)."""
-        self._mark_fresh()
-
-    def _mark_fresh(self) -> None:
-        self._fresh = self._token = self._watch.token()
-
-    def _ensure_fresh(self, token: Token | None = None) -> None:
-        """Before a product: refuse train-mode layers, then raise or refresh if stale."""
-        checks.check_module_modes(self.model)
-        if (token or self._watch.token()) == self._fresh:
-            return
-        self._check_params_in_model()
-        if self.on_stale == "raise":
-            raise StaleOperatorError(
-                f"{type(self).__name__} is stale: the model changed after it was built (an "
-                "optimizer step, new parameter or buffer values, a replaced module or "
-                "attribute). Call op.refresh() to use the current values, or build the "
-                "operator with on_stale='recompute'"
-            )
-        self.refresh()
-
-    def _check_params_in_model(self) -> None:
-        """Refuse to go on when a parameter of the operator is no longer the model's (replaced
-        by a new tensor): products would differentiate a tensor the model does not use."""
-        current = {id(p) for p in self.model.parameters()}
-        for name, p in zip(self.layout.names, self.layout.params):
-            if id(p) not in current:
-                raise StaleOperatorError(
-                    f"parameter '{name}' of {type(self).__name__} is no longer a parameter of "
-                    "the model (it was replaced by a new tensor, e.g. module.weight = "
-                    "nn.Parameter(...)); build a new operator for the new parameters"
-                )
 
     # ---------------------------------------------------------------- helpers
     def _forward(self, X):

@@ -14,7 +14,7 @@ Entries are kept only up to a memory budget; batches beyond it are recomputed ea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -63,7 +63,7 @@ class GraphCache:
             return None
         return entry[1]
 
-    def build(self, batch: Batch, fn: Callable[[], Any], exclude: list[torch.Tensor]) -> Any:
+    def build(self, batch: Batch, fn: Callable[[], Any], exclude: Sequence[torch.Tensor]) -> Any:
         """``fn()``, stored for ``batch`` if its graph fits the remaining budget."""
         if not self.enabled:
             return fn()

@@ -8,6 +8,8 @@ of Jᵀu built once with ``create_graph`` at u = 0: Jᵀu is linear in u, so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from curvops.operators.exact.autograd import batched_grad
@@ -21,13 +23,13 @@ class OutputGraph:
         self.reverse = vjp is not None
 
     @classmethod
-    def build(cls, f: torch.Tensor, params: list[torch.Tensor], reverse: bool) -> OutputGraph:
+    def build(cls, f: torch.Tensor, params: Sequence[torch.Tensor], reverse: bool) -> OutputGraph:
         graph = cls(f, None, None)
         if reverse:
             graph.enable_reverse(params)
         return graph
 
-    def enable_reverse(self, params: list[torch.Tensor]) -> None:
+    def enable_reverse(self, params: Sequence[torch.Tensor]) -> None:
         """Add u0 and Jᵀu0 with their graphs (reverse-mode J v from now on)."""
         if self.vjp is None:
             self.u0 = torch.zeros_like(self.f, requires_grad=True)
