@@ -23,8 +23,11 @@ from torch import nn
 from benchmarks.problems import Problem
 
 
-def raw_kfac(problem: Problem) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """(matmat, P) of the raw type-2 KFAC of ``problem`` (Linear + LayerNorm modules)."""
+def raw_kfac(
+    problem: Problem, skip_columns: int = 0
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(matmat, P) of the raw type-2 KFAC of ``problem`` (Linear + LayerNorm modules);
+    ``skip_columns`` = 1 times C − 1 columns (the cost of curvops's, not its matrix)."""
     model = problem.model
     lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
@@ -35,7 +38,7 @@ def raw_kfac(problem: Problem) -> tuple[Callable[[torch.Tensor], torch.Tensor], 
     N = sum(len(y) for _, y in problem.data)
     rows = [0] * len(lins)
     for X, _ in problem.data:
-        for i, n in enumerate(_batch(model, lins, norms, X, N, G, A, blocks)):
+        for i, n in enumerate(_batch(model, lins, norms, X, N, G, A, blocks, skip_columns)):
             rows[i] += n
     A = [a / n for a, n in zip(A, rows)]
     params = list(model.parameters())
@@ -43,7 +46,7 @@ def raw_kfac(problem: Problem) -> tuple[Callable[[torch.Tensor], torch.Tensor], 
     return (lambda M: _matmat(params, lins, norms, G, A, blocks, M)), P
 
 
-def _batch(model, lins, norms, X, N, G, A, blocks) -> list[int]:
+def _batch(model, lins, norms, X, N, G, A, blocks, skip: int) -> list[int]:
     """Add one batch; returns each Linear layer's number of input rows N_b R."""
     outs, ins = {}, {}
 
@@ -65,7 +68,7 @@ def _batch(model, lins, norms, X, N, G, A, blocks) -> list[int]:
     p = torch.softmax(f.detach(), dim=1)
     S = (torch.diag_embed(p.sqrt()) - p.unsqueeze(2) * p.sqrt().unsqueeze(1)) / N**0.5
     targets = [outs[m] for m in lins + norms]
-    for c in range(f.shape[1]):
+    for c in range(f.shape[1] - skip):
         grads = torch.autograd.grad(f, targets, S[:, :, c], retain_graph=True)
         for i, g in enumerate(grads[: len(lins)]):
             b = g.reshape(-1, g.shape[-1])
@@ -78,7 +81,8 @@ def _batch(model, lins, norms, X, N, G, A, blocks) -> list[int]:
 
 
 def _matmat(params, lins, norms, G, A, blocks, M: torch.Tensor) -> torch.Tensor:
-    """(P, K) -> (P, K) in the model's parameter order."""
+    """(P, K) -> (P, K) in the model's parameter order (and dtype)."""
+    M = M.to(params[0].dtype)
     offsets, start = {}, 0
     for p in params:
         offsets[id(p)] = slice(start, start + p.numel())

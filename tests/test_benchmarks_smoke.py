@@ -112,4 +112,23 @@ def test_kfac_whole_builds_all_parameters_and_linear_only(monkeypatch):
     for kind in ("kfac", "ekfac"):
         results = kfac_whole.construct(kfac_whole.tools(kind), problem, rounds=1)
         sizes = {tool: P for tool, (_, P) in results.items()}
-        assert sizes == {"curvops (all parameters)": 47, "curvops (Linear only)": 39}
+        floor = {kfac_whole.FLOOR: 47} if kind == "kfac" else {}
+        assert sizes == {"curvops (all parameters)": 47, "curvops (Linear only)": 39, **floor}
+
+
+def test_the_raw_torch_floor_is_curvops_kfac_on_a_sequence_model_with_layernorms():
+    """benchmarks/kfac_raw.py, written from the definitions, builds the matrix curvops does
+    (Linear layers over tokens, LayerNorm blocks, C columns against curvops's C − 1)."""
+    from benchmarks.kfac_raw import raw_kfac
+    from benchmarks.problems import TinyMixer
+
+    torch.manual_seed(0)
+    model = TinyMixer(seq=4, d_in=5, dim=6, classes=3).double()
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(10, 4, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,), generator=gen)
+    problem = Problem("mixer", model, nn.CrossEntropyLoss(), [(X[:6], y[:6]), (X[6:], y[6:])])
+    matmat, P = raw_kfac(problem)
+    op = curvops.KFACOperator(model, problem.loss_fn, problem.data)
+    V = torch.randn(P, 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(op.torch_matmat(V), matmat(V), rtol=1e-10, atol=1e-13)
