@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from curvops.compare.align import align, find_blocks
+from curvops.compare.dense import dense_route
+from curvops.compare.job import Job
+from curvops.compare.probed import probe_route
 from curvops.compare.report import Comparison
-from curvops.compare.routes import Job, dense_route, probe_route
 from curvops.compare.structures import block_structures, structure_errors
 from curvops.core.checks import check_count
 from curvops.interface import TorchMatmat, torch_matmat
