@@ -34,20 +34,23 @@ def eigh_with_fallback(
     check_square(A)
     if not bool(torch.isfinite(A).all()):
         raise FloatingPointError("eigh_with_fallback: the matrix holds NaN or inf")
-    A = (A + A.T) / 2 if symmetrize else A
-    attempts = [lambda: A, lambda: A.double(), lambda: _shifted(A.double())]
-    error: Exception | None = None
-    for make in attempts:
+    S = (A + A.T) / 2 if symmetrize else A
+    failure = ""
+    for attempt in range(3):
+        M = S if attempt == 0 else S.double() if attempt == 1 else _shifted(S.double())
         try:
-            evals, evecs = torch.linalg.eigh(make())
+            evals, evecs = torch.linalg.eigh(M)
         except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
-            error = exc
+            failure = str(exc)  # not exc: its traceback would hold this frame (S, M) in a cycle
             continue
+        finally:
+            del M
         if bool(torch.isfinite(evals).all()) and bool(torch.isfinite(evecs).all()):
-            if make is attempts[2]:
-                evals = evals - _shift_size(A.double())
-            return evals.flip(0).to(A.dtype), evecs.flip(1).to(A.dtype)
-    raise RuntimeError(f"eigh failed in {A.dtype} and in float64: {error}")
+            if attempt == 2:
+                evals = evals - _shift_size(S.double())
+            evecs = evecs.to(A.dtype)  # cast, then flip: one float64 (n, n) copy fewer
+            return evals.flip(0).to(A.dtype), evecs.flip(1)
+    raise RuntimeError(f"eigh failed in {A.dtype} and in float64: {failure}")
 
 
 def _shift_size(A: torch.Tensor) -> float:
