@@ -143,6 +143,11 @@ def _factory_options(p: argparse.ArgumentParser, command: str, k: int, k_help: s
         help="analyse only the parameters whose name matches this regular expression, "
         "e.g. 'layer\\.3\\.' (default: all trainable parameters)",
     )  # fmt: skip
+    p.add_argument(
+        "--micro-batch-size", type=opt.positive_int, default=None, metavar="M",
+        help="split every batch into pieces of at most M points in the exact Hessian / GGN "
+        "products (same numbers, less memory; KFAC / EKFAC ignore it; default: whole batches)",
+    )  # fmt: skip
     if command != "track":
         p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--out", default=default_out(command), help="folder for the results")

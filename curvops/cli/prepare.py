@@ -44,6 +44,8 @@ def prepare(args: Any, command: str) -> Prepared:
     kwargs = {}
     if getattr(args, "params", None):
         kwargs["params"] = select_params(model, args.params)
+    if getattr(args, "micro_batch_size", None):
+        kwargs["micro_batch_size"] = args.micro_batch_size
     set_threads(args.threads, model)
     return Prepared(
         model, problem.loss_fn, problem.data, problem.optimizer, claim_out(out, command), kwargs

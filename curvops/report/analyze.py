@@ -22,6 +22,7 @@ from curvops.linalg import (
     spectral_density,
 )
 from curvops.operators import EKFACOperator, GGNOperator, HessianOperator, KFACOperator
+from curvops.operators.exact.base import without_exact_settings
 from curvops.report.lines import result_line, start_line
 from curvops.report.progress import Feedback
 from curvops.report.provenance import Counted, Meter, provenance
@@ -43,8 +44,9 @@ def build_operator(
     check_choice("curvature", kind, CurvatureKind)
     if kind == "hessian":
         return HessianOperator(model, loss_fn, data, **kwargs)
-    if kind in KRONECKER:
-        return (KFACOperator if kind == "kfac" else EKFACOperator)(model, loss_fn, data, **kwargs)
+    if kind in KRONECKER:  # the exact operators' own settings (micro_batch_size, ...) dropped
+        cls = KFACOperator if kind == "kfac" else EKFACOperator
+        return cls(model, loss_fn, data, **without_exact_settings(kwargs))
     if kind == "ggn-mc":
         kwargs = dict(kwargs, seed=seed)
     return GGNOperator(model, loss_fn, data, mode=GGN_MODES[kind], **kwargs)  # type: ignore[arg-type]

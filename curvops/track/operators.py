@@ -11,6 +11,7 @@ from torch import nn
 from curvops.compare import compare
 from curvops.core.options import GGNMode
 from curvops.operators import EKFACOperator, GGNOperator, HessianOperator, KFACOperator
+from curvops.operators.exact.base import without_exact_settings
 
 CURVATURES = ("hessian", "ggn", "ggn-mc", "ggn-empirical")
 APPROXIMATIONS = ("kfac", "ekfac")
@@ -54,11 +55,12 @@ def build(
         ops.layers = curvature_operator(kind, model, loss_fn, data, blocks="layer", **kw)
     if approximations:
         ops.exact = main if kind == "ggn" else GGNOperator(model, loss_fn, data, **kw)
+        kron = without_exact_settings(kw)  # micro_batch_size and the like: exact operators'
         for name in approximations:
             ops.approx[_NAMES[name]] = (
-                KFACOperator(model, loss_fn, data, **kw)
+                KFACOperator(model, loss_fn, data, **kron)
                 if name == "kfac"
-                else EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kw)
+                else EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kron)
             )
     return ops
 

@@ -138,6 +138,7 @@ def test_choices_are_case_insensitive(factory, tmp_path, capsys):
         (["compare", "f.py:make", "--approx", ","], "argument --approx: name at least one"),
         (["compare", "f.py:make", "--approx", "kfac,KFAC"], "is named twice"),
         (["compare", "f.py:make", "--exact", "fisher"], "argument --exact: invalid choice"),
+        (["spectrum", "f.py:make", "--micro-batch-size", "0"], "argument --micro-batch-size"),
         (
             ["spectrum", "f.py:make", "--landscape", "--which", "SA"],
             "--landscape slices the loss along the top eigenvectors",
@@ -247,6 +248,25 @@ def test_params_regex_selects_parameters_by_name(factory, tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["num_params"] == 5 * 3 + 3
     line = error_line(*run([*argv[:-4], "--params", "conv", "--out", out], capsys))
     assert "--params 'conv' matches none of the model's 4 parameter names (0.weight," in line
+
+
+def test_micro_batch_size_keeps_the_numbers_and_reaches_only_the_exact_operators(
+    factory, tmp_path, capsys
+):
+    """--micro-batch-size splits the exact products' batches (8, 8, 5 points into pieces
+    of 3): the same eigenvalues; `compare --approx kfac` builds KFAC without it."""
+    argv = ["spectrum", f"{factory}:make", "--k", 3, "--tol", 1e-8, "--no-progress"]
+    values = []
+    for extra, out in (([], tmp_path / "whole"), (["--micro-batch-size", 3], tmp_path / "split")):
+        code, _, err = run([*argv, *extra, "--out", out], capsys)
+        assert code == 0, err
+        values.append(json.loads((out / "results.json").read_text())["eigsh"]["eigenvalues"])
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-6)
+    out = tmp_path / "cmp"
+    argv = ["compare", f"{factory}:make", "--approx", "kfac", "--k", 2, "--no-progress"]
+    code, _, err = run([*argv, "--micro-batch-size", 3, "--out", out], capsys)
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["approximations"][0]["name"] == "KFAC"
 
 
 def test_k_is_checked_against_the_selected_parameters(factory, tmp_path, capsys):

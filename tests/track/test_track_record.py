@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from tracking import sgd_run
 
 from curvops.track import CurvatureRecord, CurvatureTracker, load_records
@@ -82,3 +83,18 @@ def test_plot_draws_every_panel(run, tmp_path):
     for title in ("Top eigenvalues (hessian)", "Trace (hutchinson)", "Layer scores"):
         assert title in titles
     assert "Top-k eigenspace drift" in titles
+
+
+def test_micro_batch_size_goes_to_the_exact_operators_only():
+    """One set of operator options: the exact ones split their batches, KFAC takes the rest."""
+    from torch import nn
+
+    from curvops.track.operators import build
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    data = [(torch.randn(6, 3), torch.randint(0, 2, (6,)))]
+    ops = build(model, nn.CrossEntropyLoss(), data, "hessian", False, ("kfac",),
+                {"micro_batch_size": 2})  # fmt: skip
+    assert ops.main.micro_batch_size == 2 and ops.exact.micro_batch_size == 2
+    assert type(ops.approx["KFAC"]).__name__ == "KFACOperator"

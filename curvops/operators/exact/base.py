@@ -16,6 +16,14 @@ from curvops.operators.exact.columns import ColumnPlan, device_of
 from curvops.operators.exact.graph_cache import GraphCache
 from curvops.operators.exact.micro_batches import check_micro_batch_size, split_batch
 
+EXACT_SETTINGS = ("graph_cache_mib", "column_mode", "micro_batch_size")  # exact operators' own
+
+
+def without_exact_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the settings only the exact operators take (``EXACT_SETTINGS``):
+    what a caller that builds exact and Kronecker operators from one set passes to KFAC."""
+    return {key: value for key, value in kwargs.items() if key not in EXACT_SETTINGS}
+
 
 def active_blocks(M: torch.Tensor, slices: list[slice]) -> list[bool]:
     """Per block: does M (P,) or (P, k) have a nonzero (or NaN) entry in its slice? One
