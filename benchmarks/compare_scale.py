@@ -8,7 +8,7 @@ so the resident set falls when memory is freed (``benchmarks.timing.PeakRss``):
   train:    one training step (forward, backward, SGD with momentum) over the 4 batches of 64:
             its time and the peak resident set above the process's level before it;
   gradient: one full-data gradient in eval mode (the floor of the products);
-  compare:  building GGNOperator, KFACOperator, EKFACOperator and
+  compare:  building GGNOperator, KFACOperator, EKFACOperator on KFAC's factors (kfac=) and
             ``compare(ggn, {KFAC, EKFAC}, k, n_probes, solve_maxiter, eig_maxiter)``: the time of each
             part, ``Comparison.cost`` (products per operator, memory estimate), the peak
             resident set above the level before building.
@@ -74,7 +74,7 @@ def compare_run(k: int, probes: int, solve_maxiter: int, eig_maxiter: int) -> di
         kfac = curvops.KFACOperator(model, loss_fn, data)
         seconds["build GGN + KFAC"] = time.perf_counter() - start
         start = time.perf_counter()
-        ekfac = curvops.EKFACOperator(model, loss_fn, data)
+        ekfac = curvops.EKFACOperator(model, loss_fn, data, kfac=kfac)  # KFAC's factors
         seconds["build EKFAC"] = time.perf_counter() - start
         start = time.perf_counter()
         rep = compare(

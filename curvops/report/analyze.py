@@ -237,12 +237,13 @@ class _Analysis:
         approximation."""
         o = self.o
         exact = op if _is_kind(op.op, o.compare_exact) else self.operator(o.compare_exact)
-        ops = {
-            APPROXIMATIONS[a]: build_operator(
-                a, self.model, self.loss_fn, self.data, o.seed, **self.kwargs
+        built: dict[str, Any] = {}
+        for a in sorted(o.compare, key=lambda a: a != "kfac"):  # KFAC first: EKFAC reuses it
+            reuse = {"kfac": built["kfac"]} if a == "ekfac" and "kfac" in built else {}
+            built[a] = build_operator(
+                a, self.model, self.loss_fn, self.data, o.seed, **self.kwargs, **reuse
             )
-            for a in o.compare
-        }
+        ops = {APPROXIMATIONS[a]: built[a] for a in o.compare}
         k = min(o.k, exact.shape[0] - 1)
         report.comparison = compare_operators(
             exact, ops, k=k, n_probes=o.n_probes, seed=o.seed, backend=o.backend,

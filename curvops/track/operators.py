@@ -56,12 +56,14 @@ def build(
     if approximations:
         ops.exact = main if kind == "ggn" else GGNOperator(model, loss_fn, data, **kw)
         kron = without_exact_settings(kw)  # micro_batch_size and the like: exact operators'
-        for name in approximations:
+        for name in sorted(approximations, key=lambda a: a != "kfac"):  # EKFAC reuses KFAC
+            reuse = {"kfac": ops.approx["KFAC"]} if "KFAC" in ops.approx else {}
             ops.approx[_NAMES[name]] = (
                 KFACOperator(model, loss_fn, data, **kron)
                 if name == "kfac"
-                else EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kron)
+                else EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kron, **reuse)
             )
+        ops.approx = {_NAMES[name]: ops.approx[_NAMES[name]] for name in approximations}
     return ops
 
 

@@ -27,6 +27,7 @@ from curvops.core.options import Correction, EigenbasisMethod, check_choice
 from curvops.distributed import all_reduce_sum_many
 from curvops.operators.kronecker.eigencorrection import CorrectionPass
 from curvops.operators.kronecker.kfac import KFACOperator
+from curvops.operators.kronecker.shared_factors import check_source, source_bases, take_factors
 
 Basis = tuple[torch.Tensor, torch.Tensor | None] | None  # (λ, Q) of a factor; None: I
 
@@ -39,6 +40,10 @@ class EKFACOperator(KFACOperator):
             the bases from the previous ones by orthogonal (QR) iteration, the cheap update
             of SOAP / Shampoo-style optimizers (the first bases come from eigh).
         correction: "auto" (by memory, per layer), "per_example" or "gramian".
+        kfac: a ``KFACOperator`` of the same model, data, loss object, parameters and
+            settings: its factors and their eigendecompositions are reused (shared, not
+            copied), so construction makes one data pass and no ``eigh`` of its own
+            (``curvops.operators.kronecker.shared_factors``); later refreshes compute their own.
     ``self.strategies`` tells which correction each block used, keyed by the name of the
     block's first parameter (e.g. "0.weight", "0.bias"; an embedding's: "scatter").
     """
@@ -51,6 +56,7 @@ class EKFACOperator(KFACOperator):
         *,
         eigenbasis: EigenbasisMethod = "eigh",
         correction: Correction = "auto",
+        kfac: KFACOperator | None = None,
         **kw: Any,
     ) -> None:
         self.eigenbasis: EigenbasisMethod = check_choice("eigenbasis", eigenbasis, EigenbasisMethod)
@@ -58,6 +64,7 @@ class EKFACOperator(KFACOperator):
         self._bases: list[tuple[Basis, Basis]] = []  # per layer (G basis, A basis)
         self.E: list[list[torch.Tensor]] = []
         self.strategies: dict[str, str] = {}
+        self._source = kfac  # checked, then used by the first compute only
         super().__init__(model, loss_fn, data, **kw)
 
     def compute(self) -> None:
@@ -70,18 +77,28 @@ class EKFACOperator(KFACOperator):
         self._compute(warm=self.eigenbasis == "qr" and bool(self._bases), steps=steps)
 
     def _compute(self, warm: bool, steps: int) -> None:
-        super().compute()  # KFAC factors G, A and the fallback blocks
+        source, self._source = self._source, None
+        if source is not None:
+            check_source(self, source)
+            take_factors(self, source)
+        else:
+            super().compute()  # KFAC factors G, A and the fallback blocks
         if self.fisher == "forward-only":
             self._bases, self.E = [], []
+            if source is not None:
+                self._build_blocks()
             self._mark_fresh()
             return
-        old = self._bases if warm else [(None, None)] * len(self.layers)
-        method = "qr" if warm else "eigh"
-        self._bases = [
-            (_basis(G, og, method, steps, G.ndim < (2 if lay.groups == 1 else 3)),
-             _basis(A, oa, method, steps, lay.embedding) if A is not None else None)
-            for lay, G, A, (og, oa) in zip(self.layers, self.G, self.A, old)
-        ]  # fmt: skip
+        if source is not None:
+            self._bases = source_bases(source)
+        else:
+            old = self._bases if warm else [(None, None)] * len(self.layers)
+            method = "qr" if warm else "eigh"
+            self._bases = [
+                (_basis(G, og, method, steps, G.ndim < (2 if lay.groups == 1 else 3)),
+                 _basis(A, oa, method, steps, lay.embedding) if A is not None else None)
+                for lay, G, A, (og, oa) in zip(self.layers, self.G, self.A, old)
+            ]  # fmt: skip
         self._drop_factors()  # before the correction pass: its peak memory is EKFAC's
         self.E = self._eigencorrection()
         self._build_blocks(self.E, self._bases)
