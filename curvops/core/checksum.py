@@ -53,11 +53,10 @@ class PassChecksum:
     def sums(self) -> dict[int, tuple[float, float]]:
         """(s₁, s₂) per slot, in float64 (one read from the device for all of them)."""
         if self._sums is None:
-            slots = list(self.rows)
-            r = [torch.cat(self.rows[slot]).to(torch.float64) for slot in slots]
-            both = torch.stack([torch.stack([x.sum(), (x * x).sum()]) for x in r]) if r else None
-            values = both.tolist() if both is not None else []
-            self._sums = {slot: (v[0], v[1]) for slot, v in zip(slots, values)}
+            r = [torch.cat(rows).to(torch.float64) for rows in self.rows.values()]
+            both = [torch.stack([x.sum(), (x * x).sum()]) for x in r]
+            values = torch.stack(both).tolist() if both else []
+            self._sums = {slot: (s1, s2) for slot, (s1, s2) in zip(self.rows, values)}
         return self._sums
 
     def same_as(self, other: PassChecksum) -> bool:

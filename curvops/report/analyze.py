@@ -23,6 +23,7 @@ from curvops.linalg import (
 )
 from curvops.operators import EKFACOperator, GGNOperator, HessianOperator, KFACOperator
 from curvops.operators.exact.base import without_exact_settings
+from curvops.operators.kronecker.shared_factors import build_reusing
 from curvops.report.lines import result_line, start_line
 from curvops.report.progress import Feedback
 from curvops.report.provenance import Counted, Meter, provenance
@@ -237,13 +238,13 @@ class _Analysis:
         approximation."""
         o = self.o
         exact = op if _is_kind(op.op, o.compare_exact) else self.operator(o.compare_exact)
-        built: dict[str, Any] = {}
-        for a in sorted(o.compare, key=lambda a: a != "kfac"):  # KFAC first: EKFAC reuses it
-            reuse = {"kfac": built["kfac"]} if a == "ekfac" and "kfac" in built else {}
-            built[a] = build_operator(
+        built = build_reusing(  # EKFAC on KFAC's factors when both are compared
+            o.compare,
+            lambda a, **reuse: build_operator(
                 a, self.model, self.loss_fn, self.data, o.seed, **self.kwargs, **reuse
-            )
-        ops = {APPROXIMATIONS[a]: built[a] for a in o.compare}
+            ),
+        )
+        ops = {APPROXIMATIONS[a]: op for a, op in built.items()}
         k = min(o.k, exact.shape[0] - 1)
         report.comparison = compare_operators(
             exact, ops, k=k, n_probes=o.n_probes, seed=o.seed, backend=o.backend,

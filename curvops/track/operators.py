@@ -12,6 +12,7 @@ from curvops.compare import compare
 from curvops.core.options import GGNMode
 from curvops.operators import EKFACOperator, GGNOperator, HessianOperator, KFACOperator
 from curvops.operators.exact.base import without_exact_settings
+from curvops.operators.kronecker.shared_factors import build_reusing
 
 CURVATURES = ("hessian", "ggn", "ggn-mc", "ggn-empirical")
 APPROXIMATIONS = ("kfac", "ekfac")
@@ -56,14 +57,14 @@ def build(
     if approximations:
         ops.exact = main if kind == "ggn" else GGNOperator(model, loss_fn, data, **kw)
         kron = without_exact_settings(kw)  # micro_batch_size and the like: exact operators'
-        for name in sorted(approximations, key=lambda a: a != "kfac"):  # EKFAC reuses KFAC
-            reuse = {"kfac": ops.approx["KFAC"]} if "KFAC" in ops.approx else {}
-            ops.approx[_NAMES[name]] = (
-                KFACOperator(model, loss_fn, data, **kron)
-                if name == "kfac"
-                else EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kron, **reuse)
-            )
-        ops.approx = {_NAMES[name]: ops.approx[_NAMES[name]] for name in approximations}
+
+        def approximation(name: str, **reuse: Any) -> Any:  # EKFAC on KFAC's factors
+            if name == "kfac":
+                return KFACOperator(model, loss_fn, data, **kron)
+            return EKFACOperator(model, loss_fn, data, eigenbasis="qr", **kron, **reuse)
+
+        built = build_reusing(approximations, approximation)
+        ops.approx = {_NAMES[name]: op for name, op in built.items()}
     return ops
 
 

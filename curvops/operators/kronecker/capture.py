@@ -126,7 +126,7 @@ class BatchCollector:
         loss, y = self.loss, batch.y
         if not batch.denominator:
             return iter(())
-        scale = weight * loss.scale(f, y)
+        scale = weight * loss.scale(f, y, batch.denominator)
         if self.fisher == "type2":
             U = loss.hessian_sqrt(f, y)
             if isinstance(loss, CrossEntropy) and U.shape[0] == f.shape[1] > 1:

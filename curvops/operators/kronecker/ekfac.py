@@ -78,31 +78,31 @@ class EKFACOperator(KFACOperator):
 
     def _compute(self, warm: bool, steps: int) -> None:
         source, self._source = self._source, None
-        if source is not None:
+        if source is None:
+            super().compute()  # KFAC factors G, A and the fallback blocks
+        else:
             check_source(self, source)
             take_factors(self, source)
-        else:
-            super().compute()  # KFAC factors G, A and the fallback blocks
         if self.fisher == "forward-only":
             self._bases, self.E = [], []
-            if source is not None:
-                self._build_blocks()
             self._mark_fresh()
             return
-        if source is not None:
-            self._bases = source_bases(source)
-        else:
-            old = self._bases if warm else [(None, None)] * len(self.layers)
-            method = "qr" if warm else "eigh"
-            self._bases = [
-                (_basis(G, og, method, steps, G.ndim < (2 if lay.groups == 1 else 3)),
-                 _basis(A, oa, method, steps, lay.embedding) if A is not None else None)
-                for lay, G, A, (og, oa) in zip(self.layers, self.G, self.A, old)
-            ]  # fmt: skip
+        self._bases = source_bases(source) if source is not None else self._own_bases(warm, steps)
         self._drop_factors()  # before the correction pass: its peak memory is EKFAC's
         self.E = self._eigencorrection()
         self._build_blocks(self.E, self._bases)
         self._mark_fresh()
+
+    def _own_bases(self, warm: bool, steps: int) -> list[tuple[Basis, Basis]]:
+        """Per layer (G basis, A basis) of this operator's factors: eigh, or ``steps`` QR
+        iterations from the current bases (``warm``)."""
+        old = self._bases if warm else [(None, None)] * len(self.layers)
+        method = "qr" if warm else "eigh"
+        return [
+            (_basis(G, og, method, steps, G.ndim < (2 if lay.groups == 1 else 3)),
+             _basis(A, oa, method, steps, lay.embedding) if A is not None else None)
+            for lay, G, A, (og, oa) in zip(self.layers, self.G, self.A, old)
+        ]  # fmt: skip
 
     def _eigencorrection(self) -> list[list[torch.Tensor]]:
         """E per layer and block (weight or joint first, then a separate bias), summed over data."""

@@ -6,6 +6,7 @@ object, parameters and matrix settings, not stale; anything else is refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from curvops.core.errors import StaleOperatorError
@@ -52,22 +53,32 @@ def check_source(ekfac: Any, kfac: Any) -> None:
 
 
 def take_factors(ekfac: Any, kfac: Any) -> None:
-    """``ekfac``'s G, A and fallback blocks := ``kfac``'s (new lists, the same tensors)."""
+    """``ekfac``'s G, A and fallback blocks := ``kfac``'s (new lists, the same tensors), and
+    its KFAC blocks built from them, as its own factor pass would leave it."""
     ekfac.G, ekfac.A, ekfac.F = list(kfac.G), list(kfac.A), list(kfac.F)
+    ekfac._build_blocks()
 
 
 def source_bases(kfac: Any) -> list[tuple[Basis, Basis]]:
     """Per layer (G basis, A basis): the eigendecompositions of kfac's own factors (computed
     there on first use and cached: its products, inverse and ``top_eigenpairs`` share them)."""
-    blocks = iter(kfac._current_blocks())
-    bases = []
-    for i, layer in enumerate(kfac.layers):
-        parts = kfac._layer_parts(i, layer)
-        first = next(blocks)
-        for _ in parts[1:]:
-            next(blocks)
+    blocks = kfac._current_blocks()
+    bases, at = [], 0
+    for i, layer in enumerate(kfac.layers):  # a layer's blocks are consecutive, weight first
+        first = blocks[at]
+        at += len(kfac._layer_parts(i, layer))
         basis_g = None if first.G.diagonal else first.G.eig
         weight = layer.weight is not None
         basis_a = first.A.eig if weight and not first.A.diagonal else None
         bases.append((basis_g, basis_a))
     return bases
+
+
+def build_reusing(names: Sequence[str], build: Callable[..., Any]) -> dict[str, Any]:
+    """{name: build(name, **extra)} for names of operators ("kfac", "ekfac", ...), in the
+    order given; "kfac" is built first so that "ekfac" gets ``kfac=`` it (extra)."""
+    built: dict[str, Any] = {}
+    for name in sorted(names, key=lambda n: n != "kfac"):
+        reuse = {"kfac": built["kfac"]} if name == "ekfac" and "kfac" in built else {}
+        built[name] = build(name, **reuse)
+    return {name: built[name] for name in names}
